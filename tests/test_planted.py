@@ -41,7 +41,7 @@ def _patch_pixels(maps: torch.Tensor) -> torch.Tensor:
 
 def test_satisfies_backbone_protocol_and_shapes(backbone, pixels):
     assert isinstance(backbone, Backbone)
-    assert backbone.weights_id == "planted:v5:seed0"
+    assert backbone.weights_id == "planted:v6:seed0"
     assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.std == (0.5, 0.5, 0.5)
     out = backbone.forward_layer(pixels[:3], attention=True)
     n, d = SIDE * SIDE, SPEC.embed_dim
@@ -79,9 +79,20 @@ def test_local_part_is_a_function_of_the_patch_alone(backbone, pixels):
     edited = pixels[:2].clone()
     r, c = 5, 9
     edited[:, :, r * P : (r + 1) * P, c * P : (c + 1) * P] = torch.rand(2, 3, P, P, generator=torch.Generator().manual_seed(0))
-    before, after = backbone.truth(pixels[:2]).local_part, backbone.truth(edited).local_part
+    before, after = backbone.truth(pixels[:2]).patch_codes, backbone.truth(edited).patch_codes
     changed = (before - after).abs().amax(dim=(0, 2)) > 0
     assert changed.nonzero().flatten().tolist() == [r * SIDE + c]
+
+
+def test_outlier_positions_keep_a_tenth_of_their_patch(backbone, pixels):
+    truth = backbone.truth(pixels)
+    share = torch.where(truth.outlier_mask, 0.1, 1.0)[..., None]
+    torch.testing.assert_close(truth.local_codes, truth.patch_codes * share)
+    local_norm = truth.local_part.norm(dim=-1)
+    assert local_norm[truth.outlier_mask].mean() < 0.2 * local_norm[~truth.outlier_mask].mean()
+    with pytest.raises(ValueError, match="outlier_local_share"):
+        PlantedBackbone(SPEC, outlier_local_share=1.5)
+    assert PlantedBackbone(SPEC, outlier_local_share=1.0).weights_id == "planted:v6:seed0:olocal=1.0"
 
 
 def test_outliers_by_norm_match_the_planted_positions(backbone, pixels):
@@ -103,9 +114,9 @@ def test_batch_independent_and_seeded(backbone, pixels):
     alone = backbone.forward_layer(pixels[4:5])
     torch.testing.assert_close(whole.tokens[4:5], alone.tokens)
     other = PlantedBackbone(SPEC, seed=1)
-    assert other.weights_id == "planted:v5:seed1"
+    assert other.weights_id == "planted:v6:seed1"
     assert not torch.allclose(other.forward_layer(pixels[:1]).tokens, whole.tokens[:1], atol=1e-3)
-    assert PlantedBackbone(SPEC, global_norm=30.0).weights_id == "planted:v5:seed0:norm=30.0"
+    assert PlantedBackbone(SPEC, global_norm=30.0).weights_id == "planted:v6:seed0:norm=30.0"
     again = PlantedBackbone(SPEC, seed=0)
     torch.testing.assert_close(again.forward_layer(pixels[:6]).tokens, whole.tokens)
 
@@ -115,8 +126,9 @@ def test_scc_local_parts_follow_content_and_outliers_move(backbone, pixels, shif
     pair = scc(pixels, shift, patch_size=P, grid_side=SIDE)
     a, b = backbone.truth(pair.view_a), backbone.truth(pair.view_b)
     ov = pair.overlap
-    torch.testing.assert_close(a.local_part[:, ov.in_a], b.local_part[:, ov.in_b], atol=1e-6, rtol=0)
-    torch.testing.assert_close(a.local_codes[:, ov.in_a], b.local_codes[:, ov.in_b], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.patch_codes[:, ov.in_a], b.patch_codes[:, ov.in_b], atol=1e-6, rtol=0)
+    normal = ~a.outlier_mask[:, ov.in_a] & ~b.outlier_mask[:, ov.in_b]  # outliers keep only part of the patch
+    torch.testing.assert_close(a.local_part[:, ov.in_a][normal], b.local_part[:, ov.in_b][normal], atol=1e-6, rtol=0)
     # outlier content cells on the overlap differ between views for most images
     cells_a, cells_b = a.outlier_mask[:, ov.in_a], b.outlier_mask[:, ov.in_b]
     moved = (cells_a != cells_b).any(dim=1).sum().item()

@@ -1,14 +1,15 @@
 """The whole pipeline against the planted backbone's ground truth (issues "scope analysis", "removal probes").
 
 One module-scoped :class:`~scopebench.workbench.Workbench` runs every stage once, at a
-scale smaller than the embedded default: token extraction, a TopK SAE, CDS, the
-partition, awCDS, attention EMD and the segmentation removal probe.  Each test then compares
-one analysis with what the planted backbone put into its tokens: which directions are
-global (``_global_basis``) and which positions are outliers (``truth(pixels)``).
+scale smaller than the embedded default: token extraction, the paper's BatchTopK SAE, CDS,
+the partition, awCDS, attention EMD and the segmentation removal probe.  Each test then
+compares one analysis with what the planted backbone put into its tokens: which positions
+carry the global part (``truth(pixels).outlier_mask``).
 
-TopK is the recipe used: trained on planted tokens its global features have decoder rows
-inside the global subspace.  BatchTopK's rows mix the local and global subspaces, so the
-"global-aligned" label below would not describe its features.
+A feature's planted scope is read from where it fires: global when nearly all its
+activation mass sits on the planted outlier positions, local when nearly none does.
+Decoder geometry would not do: BatchTopK spreads each outlier over many features whose
+rows mix global and local directions, yet those features still fire only on outliers.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from scopebench.scc import square_resize
 from scopebench.workbench import Workbench
 
 BACKBONE = "planted"
-SAE = "topk"
+SAE = "batchtopk"
 
 # Small enough for a unit-test budget, large enough that the planted structure is learned:
 # with 300k training tokens from 400 images the TopK SAE's CDS-vs-truth AUROC fell to 0.77.
@@ -56,13 +57,35 @@ def planted(planted_workbench: Workbench) -> PlantedBackbone:
     return backbone
 
 
+def planted_outlier_mask(workbench: Workbench, planted: PlantedBackbone, purpose: str) -> np.ndarray:
+    """``[images, patches]`` bool: where the planted backbone put the global part, for one token set."""
+    acts = workbench.tokens(BACKBONE, purpose)
+    data = workbench.dataset(BACKBONE, purpose)
+    size, interpolation = planted.preprocess.image_size, planted.preprocess.interpolation
+    pixels = torch.stack([square_resize(data[int(i)].image, size, interpolation) for i in acts.image_index])
+    return planted.truth(pixels).outlier_mask.numpy()
+
+
 @pytest.fixture(scope="module")
-def global_aligned(planted_workbench: Workbench, planted: PlantedBackbone) -> np.ndarray:
-    """Per SAE feature: True when over half its decoder row's energy lies in the planted global subspace."""
-    rows = planted_workbench.sae(BACKBONE, SAE).W_dec.detach().double().cpu()
-    basis = planted._global_basis.double()  # orthonormal columns, so ||row @ basis||^2 is the in-span energy
-    in_span = ((rows @ basis) ** 2).sum(dim=1) / (rows**2).sum(dim=1)
-    return (in_span > 0.5).numpy()
+def outlier_share(planted_workbench: Workbench, planted: PlantedBackbone) -> np.ndarray:
+    """Per SAE feature: the share of its activation mass on eval tokens that sits on planted outlier positions."""
+    tokens = np.array(planted_workbench.tokens(BACKBONE, "eval").tokens[:], dtype=np.float32)
+    outlier = torch.from_numpy(planted_outlier_mask(planted_workbench, planted, "eval").reshape(-1))
+    sae = planted_workbench.sae(BACKBONE, SAE)
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(tokens.reshape(-1, tokens.shape[-1])))
+    return (codes[outlier].sum(0) / codes.sum(0).clamp_min(1e-12)).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def planted_scope(planted_workbench: Workbench, outlier_share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(features with a clear planted scope and a CDS, True where that scope is global)``.
+
+    Features with 20-80% of their mass on outliers have no clear scope and are left out.
+    """
+    cds = planted_workbench.cds(BACKBONE, SAE).cds
+    clear = np.flatnonzero(np.isfinite(cds) & ((outlier_share < 0.2) | (outlier_share > 0.8)))
+    return clear, outlier_share[clear] > 0.8
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -80,23 +103,23 @@ def test_auroc_helper_matches_pairwise_count() -> None:
     assert auroc(scores, positive) == pytest.approx(by_count)
 
 
-def test_cds_separates_global_from_local_features(planted_workbench: Workbench, global_aligned: np.ndarray) -> None:
-    cds = planted_workbench.cds(BACKBONE, SAE).cds
-    scored = np.isfinite(cds)
-    is_global = global_aligned[scored]
-    assert is_global.sum() >= 2, f"only {is_global.sum()} scored features align with the planted global subspace"
+def test_cds_separates_global_from_local_features(planted_workbench: Workbench,
+                                                  planted_scope: tuple[np.ndarray, np.ndarray]) -> None:
+    features, is_global = planted_scope
+    cds = planted_workbench.cds(BACKBONE, SAE).cds[features]
+    assert is_global.sum() >= 5, f"only {is_global.sum()} scored features fire mostly on the planted outliers"
     assert (~is_global).sum() >= 100
-    area = auroc(cds[scored], is_global)
-    assert area >= 0.95, f"CDS ranks global-aligned features above local ones with AUROC {area:.3f} only"
+    area = auroc(cds, is_global)
+    assert area >= 0.95, f"CDS ranks global features above local ones with AUROC {area:.3f} only"
 
 
-def test_partition_puts_global_features_in_high_group(planted_workbench: Workbench, global_aligned: np.ndarray) -> None:
+def test_partition_puts_global_features_in_high_group(planted_workbench: Workbench,
+                                                      planted_scope: tuple[np.ndarray, np.ndarray]) -> None:
     groups = planted_workbench.partition(BACKBONE, SAE)
     cds = planted_workbench.cds(BACKBONE, SAE).cds
-    scored = np.flatnonzero(np.isfinite(cds))
-    is_global = global_aligned[scored]
-    in_high = np.isin(scored, groups.high)
-    assert np.array_equal(in_high, cds[scored] > groups.gamma)
+    features, is_global = planted_scope
+    in_high = np.isin(features, groups.high)
+    assert np.array_equal(in_high, cds[features] > groups.gamma)
     assert in_high[is_global].mean() >= 0.8, f"gamma={groups.gamma:.3f}: global features in high group " \
                                              f"{in_high[is_global].sum()}/{is_global.sum()}"
     assert (~in_high[~is_global]).mean() >= 0.8, f"gamma={groups.gamma:.3f}: local features in low group " \
@@ -105,12 +128,8 @@ def test_partition_puts_global_features_in_high_group(planted_workbench: Workben
 
 def test_tau_separates_exactly_the_planted_outliers(planted_workbench: Workbench, planted: PlantedBackbone) -> None:
     tau = planted_workbench.tau(BACKBONE)
-    acts = planted_workbench.tokens(BACKBONE, "eval")
-    data = planted_workbench.dataset(BACKBONE, "eval")
-    size, interpolation = planted.preprocess.image_size, planted.preprocess.interpolation
-    pixels = torch.stack([square_resize(data[int(i)].image, size, interpolation) for i in acts.image_index])
-    truth = planted.truth(pixels).outlier_mask.numpy()
-    norms = np.linalg.norm(np.asarray(acts.tokens[:], dtype=np.float64), axis=-1)
+    truth = planted_outlier_mask(planted_workbench, planted, "eval")
+    norms = np.linalg.norm(np.asarray(planted_workbench.tokens(BACKBONE, "eval").tokens[:], dtype=np.float64), axis=-1)
     assert truth.any() and (~truth).any()
     assert np.array_equal(norms > tau, truth), (
         f"tau={tau:.3f}: {int(((norms > tau) & ~truth).sum())} normal tokens above, "
@@ -125,7 +144,7 @@ def test_awcds_rises_in_the_top_norm_bins(planted_workbench: Workbench) -> None:
     last_bin = float(bins["mean_awcds"].iloc[-1])
     assert median > 0
     assert top_percent > 3 * median, table.to_string()
-    assert last_bin > 3 * median, table.to_string()
+    assert last_bin > 2 * median, table.to_string()  # the last 5% bin is half planted outliers
 
 
 @pytest.mark.parametrize("shift", PIPELINE_SCALE.shifts)

@@ -84,20 +84,32 @@ def test_batchtopk_training_selects_k_times_batch_largest_across_the_batch():
     assert per_row.sum() == 64 and per_row.max() > per_row.min()  # varies per token, unlike TopK
 
 
-def test_batchtopk_threshold_starts_at_smallest_kept_value_then_follows_an_ema():
-    sae = _sae("batchtopk", threshold_beta=0.9)
-    assert float(sae.threshold) < 0  # not yet estimated: inference falls back to per-token top-k
+def test_batchtopk_threshold_is_the_mean_smallest_kept_value_over_calibration_batches():
+    sae = _sae("batchtopk")
+    assert float(sae.threshold) < 0  # not yet calibrated: inference falls back to per-token top-k
     torch.testing.assert_close(sae.encode(_x()), _topk_twin(sae).encode(_x()))
-    _, _, _, v1 = sae.sparse_forward(_x(seed=2))
-    first = float(v1[v1 > 0].min().detach())
-    assert float(sae.threshold) == pytest.approx(first)
-    _, _, _, v2 = sae.sparse_forward(_x(seed=3))
-    assert float(sae.threshold) == pytest.approx(0.9 * first + 0.1 * float(v2[v2 > 0].min().detach()))
+    batches = [_x(n=16, seed=seed) for seed in (2, 3, 5)]
+    smallest_kept = []
+    with torch.no_grad():
+        for x in batches:  # the k * batch largest ReLU pre-activations of the whole batch, computed densely
+            pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+            kept = torch.relu(pre).reshape(-1).topk(4 * 16).values
+            smallest_kept.append(float(kept[kept > 0].min()))
+    sae.calibrate_(iter(batches))
+    assert float(sae.threshold) == pytest.approx(sum(smallest_kept) / 3, rel=1e-5)
     sae.eval()
     x = _x(seed=4)
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
     expected = torch.where(pre > sae.threshold, pre, torch.zeros_like(pre)).clamp_min(0)
     torch.testing.assert_close(sae.encode(x), expected)
+
+
+def test_batchtopk_calibration_without_any_kept_activation_is_an_error():
+    sae = _sae("batchtopk")
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e6)  # nothing can fire
+    with pytest.raises(ValueError, match="not trained"):
+        sae.calibrate_([_x(n=8)])
 
 
 def _topk_twin(sae: torch.nn.Module) -> torch.nn.Module:

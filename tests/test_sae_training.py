@@ -40,7 +40,7 @@ RECIPE = {
     "lr_warmup_steps": 10,
     "aux_k": 8,
     "dead_after_tokens": 1000,
-    "threshold_beta": 0.9,
+    "calibration_batches": 5,
 }
 
 

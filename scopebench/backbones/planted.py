@@ -13,6 +13,10 @@ fixed random orthonormal basis of ``R^D``:
   at a few frequencies, contrast, and a constant), sparsified to the strongest texture
   responses, each response along its own *local atom* (one basis direction).  Identical
   pixels give identical local parts, so under SCC the overlap's local parts match.
+- At outlier positions the local part shrinks to ``outlier_local_share`` (0.1) of the
+  patch's responses: as in trained ViTs (Darcet et al. 2024, "Vision Transformers Need
+  Registers"), high-norm tokens hold little of their patch, and an SAE reconstructs them
+  better than the average token (the paper's Table 6: FVU_O < FVU_A for every backbone).
 - ``global_i`` is zero except at ``round(outlier_fraction * N)`` outlier positions chosen
   by a smooth random field over the patch grid whose phases come from whole-view
   statistics (so the positions move when the view shifts).  There it is one large-norm
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from scopebench.backbones.base import Grid, LayerOutput, Preprocess
 from scopebench.backbones.spec import BackboneSpec
 
-VERSION = "v5"
+VERSION = "v6"
 N_ORIENTATIONS = 8
 FREQUENCIES = (0.5, 1.0, 1.5, 2.0, 2.5)  # grating detectors, cycles per patch
 N_GLOBAL_ATOMS = 8
@@ -46,6 +50,7 @@ OUTLIER_FRACTION = 0.025  # share of patch tokens carrying the global part (5 of
 GLOBAL_NORM = 8.0  # norm of the global vector; normal tokens have norm ~1-2
 GLOBAL_VARIATION = 0.5  # norm of the view-dependent part of the global mix, relative to the shared atom
 TEXTURE_TOP_K = 4  # texture detectors kept per patch
+OUTLIER_LOCAL_SHARE = 0.1  # what remains of an outlier position's local part
 
 
 @dataclass
@@ -57,7 +62,8 @@ class PlantedTruth:
     global_basis: torch.Tensor  # [D, dg] orthonormal columns spanning the global subspace
     local_part: torch.Tensor  # [B, N, D]
     global_part: torch.Tensor  # [B, N, D] zero outside the outlier positions
-    local_codes: torch.Tensor  # [B, N, dl] non-negative coefficients on the local atoms
+    patch_codes: torch.Tensor  # [B, N, dl] detector responses of each patch alone (non-negative)
+    local_codes: torch.Tensor  # [B, N, dl] coefficients on the local atoms: patch_codes, shrunk at outliers
     global_codes: torch.Tensor  # [B, n_global_atoms] non-negative coefficients of each view's global vector
 
 
@@ -81,7 +87,8 @@ class PlantedBackbone:
     """Backbone-protocol instrument with planted local/global token structure (see module doc)."""
 
     def __init__(self, spec: BackboneSpec, seed: int = 0, *, outlier_fraction: float = OUTLIER_FRACTION,
-                 global_norm: float = GLOBAL_NORM, texture_top_k: int = TEXTURE_TOP_K) -> None:
+                 global_norm: float = GLOBAL_NORM, texture_top_k: int = TEXTURE_TOP_K,
+                 outlier_local_share: float = OUTLIER_LOCAL_SHARE) -> None:
         if spec.source != "planted":
             raise ValueError(f"PlantedBackbone needs a planted spec, got source={spec.source!r} ({spec.name})")
         if spec.embed_dim < N_LOCAL + N_GLOBAL_ATOMS:
@@ -98,6 +105,9 @@ class PlantedBackbone:
         self.outlier_fraction = outlier_fraction
         self.global_norm = global_norm
         self.texture_top_k = texture_top_k
+        if not 0.0 <= outlier_local_share <= 1.0:
+            raise ValueError(f"outlier_local_share must lie in [0, 1], got {outlier_local_share}")
+        self.outlier_local_share = outlier_local_share
         self.preprocess = Preprocess(image_size=spec.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                                      interpolation="bicubic", crop_pct=1.0)
 
@@ -121,9 +131,10 @@ class PlantedBackbone:
 
     @property
     def weights_id(self) -> str:
-        """``planted:v5:seed<seed>``, plus any non-default construction knob (they change the tokens)."""
+        """``planted:v6:seed<seed>``, plus any non-default construction knob (they change the tokens)."""
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
-                 "topk": (self.texture_top_k, TEXTURE_TOP_K)}
+                 "topk": (self.texture_top_k, TEXTURE_TOP_K),
+                 "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE)}
         extra = "".join(f":{name}={value}" for name, (value, default) in knobs.items() if value != default)
         return f"planted:{VERSION}:seed{self.seed}{extra}"
 
@@ -230,9 +241,10 @@ class PlantedBackbone:
         self._check_pixels(pixels)
         patches = self._patches(pixels)
         energy = self._texture_energy(patches)
-        local_codes = self._local_codes(patches, energy).float()
         stats = self._view_stats(patches, energy)
         mask = self._outlier_mask(stats)
+        patch_codes = self._local_codes(patches, energy).float()
+        local_codes = patch_codes * torch.where(mask, self.outlier_local_share, 1.0)[..., None].float()
         global_codes = self._global_codes(stats).float()
         local_part = local_codes @ self.local_atoms
         # the outlier norm varies with the view (as in trained ViTs), mostly along the shared atom
@@ -242,7 +254,8 @@ class PlantedBackbone:
         device = pixels.device
         return PlantedTruth(outlier_mask=mask.to(device), local_basis=self._local_basis.to(device),
                             global_basis=self._global_basis.to(device), local_part=local_part.to(device),
-                            global_part=global_part.to(device), local_codes=local_codes.to(device),
+                            global_part=global_part.to(device), patch_codes=patch_codes.to(device),
+                            local_codes=local_codes.to(device),
                             global_codes=global_codes.to(device))
 
     # -- attention ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ before each optimiser step and rows are renormalised after it.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +63,14 @@ class DictionarySAE(nn.Module):
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """``(loss, named loss parts, fired [d_sae] bool)`` for one batch; ``dead`` marks dead latents."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    @torch.no_grad()
+    def calibrate_(self, batches: Iterable[torch.Tensor]) -> None:
+        """Estimate inference-only state from training-distribution ``batches`` after training.
+
+        Architectures whose inference rule differs from their training rule (BatchTopK's
+        global threshold) override this; for the others inference needs nothing more.
+        """
 
     @torch.no_grad()
     def project_decoder_grad_(self) -> None:

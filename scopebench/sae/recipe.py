@@ -36,7 +36,8 @@ class SAERecipe(BaseModel):
     aux_k_coeff: float = Field(1 / 32, ge=0)
     dead_after_tokens: int = Field(1_000_000, gt=0, description="a latent is dead after this many tokens without firing")
     # architecture-specific
-    threshold_beta: float = Field(0.999, ge=0, lt=1, description="BatchTopK inference-threshold EMA")
+    calibration_batches: int = Field(20, gt=0, description="batches drawn after training to estimate BatchTopK's "
+                                     "inference threshold (mean of each batch's smallest kept activation)")
     l1_coeff: float = Field(1.0, ge=0)
     init_threshold: float = Field(0.1, gt=0)
     bandwidth: float = Field(0.05, gt=0)

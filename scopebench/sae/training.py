@@ -113,6 +113,7 @@ def _initial_state(sae: DictionarySAE, tokens: Any, recipe: SAERecipe, seed: int
     return _RunState(0, scale, torch.zeros(sae.d_sae, dtype=torch.long), [])
 
 
+@torch.enable_grad()  # callers may sit inside no_grad (e.g. a lazily trained SAE used for inference)
 def optimisation_step(
     sae: DictionarySAE, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor, lr: float
 ) -> tuple[dict[str, float], torch.Tensor]:
@@ -184,6 +185,9 @@ def train_sae(
         if state_dir is not None and (run.step % recipe.checkpoint_every == 0 or run.step == stop):
             _save_state(state_dir, sae, opt, run, fingerprint)
 
+    # inference-only state (BatchTopK's threshold) from fresh batches of the same stream, final weights
+    sae.calibrate_(_read_tokens(tokens, *sampler.batch(step, recipe.batch_size), run.scale).to(device)
+                   for step in range(n_steps, n_steps + recipe.calibration_batches))
     sae.eval()
     with torch.no_grad():
         sae.fold_input_scale_(run.scale)
