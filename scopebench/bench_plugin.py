@@ -38,6 +38,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--plots-dir", default=None, metavar="DIR",
                     help="where figures are written (default leaderboard/plots under the rootdir)")
     group.addoption("--no-progress", action="store_true", help="hide progress bars")
+    group.addoption("--propagate", action="store_true",
+                    help="removal probes: run the edited tokens through the backbone's remaining blocks "
+                         "before probing (default: probe at the SAE layer)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,7 +93,8 @@ def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions
     root = pytestconfig.getoption("data_root")
     return Workbench(activation_store, device=scopebench_options.device, weights_map=scopebench_options.weights,
                      data_root=Path(root) if root else None, external_saes=_external_saes(pytestconfig),
-                     progress=not pytestconfig.getoption("no_progress"))
+                     progress=not pytestconfig.getoption("no_progress"),
+                     propagate=pytestconfig.getoption("propagate"))
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,16 @@ For each task the probe is trained on the original tokens, on tokens with the hi
 group removed and on tokens with the low-CDS group removed (DESIGN.md: the SAE error is
 kept).  Inputs are cached token arrays and the datasets' targets; metric names follow
 :data:`scopebench.claims.QUANTITIES` (accuracy and mIoU in percent, RMSE in depth units).
+
+By default the probes read the edited tokens at the SAE layer.  With ``propagate`` (a
+backbone's ``propagate(patch_tokens, prefix) -> final patch tokens``) the edited tokens
+first run through the remaining blocks, next to the unedited prefix tokens; classification
+then pools the propagated tokens, since the blocks are not linear and the pooled shortcut
+no longer applies.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +31,9 @@ from scopebench.sae.base import SparseAutoencoder
 from scopebench.scc import square_resize
 
 SPLITS = ("train", "val", "test")
+PROPAGATE_CHUNK = 32  # images per pass through the remaining blocks
+
+Propagate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EMBEDDINGS = ("original", "high_removed", "low_removed")
 
 
@@ -60,22 +69,43 @@ def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
     return torch.stack(values)
 
 
-def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
-                           config: ClassificationConfig, device: torch.device, progress: bool) -> dict[str, float]:
-    pooled, labels = {}, {}
-    for split in SPLITS:
-        tokens = inputs[split].tokens
+def _edited_and_propagated(tokens: np.ndarray, prefix: np.ndarray, sae: SparseAutoencoder, group: np.ndarray,
+                           propagate: Propagate, device: torch.device) -> torch.Tensor:
+    """Patch tokens with ``group`` removed at the SAE layer, then run through the remaining blocks (on CPU)."""
+    out = []
+    for start in range(0, len(tokens), PROPAGATE_CHUNK):
+        rows = slice(start, start + PROPAGATE_CHUNK)
+        edited = remove_group(load_rows(tokens, rows).to(device), sae, group)
         with torch.no_grad():
-            parts = [mean_tokens_and_codes(load_rows(tokens, slice(i, i + 64)).to(device), sae)
-                     for i in range(0, len(tokens), 64)]
-        pooled[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        labels[split] = _targets(inputs[split].dataset, "label", 0)
+            out.append(propagate(edited, load_rows(prefix, rows).to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
+                           config: ClassificationConfig, device: torch.device, progress: bool,
+                           propagate: Propagate | None = None) -> dict[str, float]:
+    labels = {split: _targets(inputs[split].dataset, "label", 0) for split in SPLITS}
+    if propagate is None:
+        pooled = {}
+        for split in SPLITS:
+            tokens = inputs[split].tokens
+            with torch.no_grad():
+                parts = [mean_tokens_and_codes(load_rows(tokens, slice(i, i + 64)).to(device), sae)
+                         for i in range(0, len(tokens), 64)]
+            pooled[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+    def features(split: str, group: np.ndarray) -> torch.Tensor:
+        if propagate is None:
+            return remove_group_pooled(*pooled[split], sae.W_dec, group).cpu()
+        split_inputs = inputs[split]
+        return _edited_and_propagated(split_inputs.tokens, split_inputs.prefix, sae, group, propagate,
+                                      device).mean(dim=1)
+
     n_classes = int(max(int(v.max()) for v in labels.values())) + 1
     out = {}
     for embedding in EMBEDDINGS:
         group = _group(partition, embedding)
-        splits = [ClassificationSplit(remove_group_pooled(*pooled[s], sae.W_dec, group).cpu(), labels[s])
-                  for s in SPLITS]
+        splits = [ClassificationSplit(features(s, group), labels[s]) for s in SPLITS]
         result = train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
                                             progress=progress)
         out[f"cls_top1_{embedding}"] = 100.0 * float(result.test_metric)
@@ -90,7 +120,7 @@ def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
                   target_size: int, has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
-                  progress: bool) -> dict[str, float]:
+                  progress: bool, propagate: Propagate | None = None) -> dict[str, float]:
     """Segmentation mIoU (``task="seg"``) or depth RMSE (``task="depth"``) for the three embeddings.
 
     Targets are square-resized (nearest) to ``target_size``; the probes upsample their
@@ -105,7 +135,11 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
     out = {}
     for embedding in EMBEDDINGS:
         group = _group(partition, embedding)
-        edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
+        if propagate is None:
+            edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
+        else:
+            edited = {s: _grid_tokens(_edited_and_propagated(inputs[s].tokens, inputs[s].prefix, sae, group,
+                                                             propagate, device)) for s in SPLITS}
         if task == "seg":
             splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
             result = train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,

@@ -65,8 +65,9 @@ class Workbench:
     def __init__(self, store: ActivationStore, *, device: str = "auto",
                  weights_map: Mapping[str, Path] | None = None, data_root: Path | None = None,
                  external_saes: Mapping[str, Path] | None = None, progress: bool = True,
-                 scales: Mapping[str, BenchScale] | None = None) -> None:
+                 scales: Mapping[str, BenchScale] | None = None, propagate: bool = False) -> None:
         self.store = store
+        self.propagate = propagate  # probes read tokens after the remaining blocks, not at the SAE layer
         self.device = resolve_device(device)
         self.weights_map = dict(weights_map or {})
         self.data_root = data_root
@@ -255,11 +256,22 @@ class Workbench:
             spec, scale = get_spec(backbone), self.scale(backbone)
             inputs = self.probe_inputs(backbone, task)
             sae, groups = self.sae(backbone, sae_name), self.partition(backbone, sae_name)
+            propagate = self._propagation(backbone)
             if task == "cls":
                 return classification_metrics(sae, groups, inputs, config=scale.classification,
-                                              device=self.device, progress=self.progress)
+                                              device=self.device, progress=self.progress, propagate=propagate)
             config = scale.segmentation if task == "seg" else scale.depth
             return dense_metrics(task, sae, groups, inputs, target_size=scale.dense_target_size or spec.image_size,
-                                 has_cls=spec.has_cls,
-                                 config=config, device=self.device, progress=self.progress)
-        return self._once(("probes", backbone, sae_name, task), build)
+                                 has_cls=spec.has_cls, config=config, device=self.device, progress=self.progress,
+                                 propagate=propagate)
+        return self._once(("probes", backbone, sae_name, task, self.propagate), build)
+
+    def _propagation(self, backbone: str):
+        """The backbone's ``propagate`` when propagation is on, else None."""
+        if not self.propagate:
+            return None
+        propagate = getattr(self.backbone(backbone), "propagate", None)
+        if propagate is None:
+            raise Unavailable(f"{backbone} has no blocks after its SAE layer to propagate edited tokens through; "
+                              "run its removal cases without --propagate")
+        return propagate

@@ -1,0 +1,108 @@
+"""The removal-probe glue: which features each probe sees, with and without propagation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scopebench.cache import ActivationStore
+from scopebench.data.base import Sample
+from scopebench.partition import Partition
+from scopebench.probes.config import ClassificationConfig, SegmentationConfig
+from scopebench.removal import remove_group
+from scopebench.removal_probes import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, classification_metrics, \
+    dense_metrics
+from scopebench.workbench import Unavailable, Workbench
+from tiny_sae import ReluSAE
+
+D, SIDE, N_CLASSES = 6, 2, 3
+
+
+class LabelledImages:
+    """Images whose class label is all the probes need; segmentation maps carry the label everywhere."""
+
+    def __init__(self, labels: list[int]) -> None:
+        self.labels = labels
+
+    @property
+    def identity(self) -> str:
+        return f"labelled-{len(self.labels)}"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Sample:
+        label = self.labels[index]
+        return Sample(image=torch.zeros(3, 8, 8), label=label, segmentation=torch.full((8, 8), label))
+
+
+def make_inputs(n: int, seed: int) -> tuple[ProbeInputs, list[int]]:
+    """Noise patch tokens that say nothing about the label; the prefix token says it (one-hot, scaled)."""
+    rng = np.random.default_rng(seed)
+    labels = [int(v) for v in rng.integers(0, N_CLASSES, n)]
+    tokens = rng.normal(size=(n, SIDE * SIDE, D)).astype(np.float32)
+    prefix = np.zeros((n, 1, D), dtype=np.float32)
+    prefix[np.arange(n), 0, labels] = 5.0
+    return ProbeInputs(tokens=tokens, prefix=prefix, dataset=LabelledImages(labels)), labels
+
+
+@pytest.fixture
+def splits() -> dict[str, ProbeInputs]:
+    return {split: make_inputs(n, seed)[0] for split, n, seed in (("train", 96, 0), ("val", 48, 1), ("test", 48, 2))}
+
+
+@pytest.fixture
+def sae() -> ReluSAE:
+    return ReluSAE(torch.eye(D))
+
+
+@pytest.fixture
+def groups() -> Partition:
+    return Partition(low=np.array([0, 1, 2]), high=np.array([3, 4, 5]), gamma=0.5, n_dead=0)
+
+
+def prefix_everywhere(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """A stand-in for the remaining blocks that is not linear in the patch tokens: attend only to the prefix."""
+    return prefix[:, :1].expand_as(tokens) + 0.0 * tokens
+
+
+def test_edited_tokens_go_through_propagation_in_chunks_beside_the_unedited_prefix(sae, splits, groups) -> None:
+    calls = []
+
+    def recording(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        calls.append((tokens.clone(), prefix.clone()))
+        return 2.0 * tokens
+
+    inputs = make_inputs(PROPAGATE_CHUNK + 5, seed=3)[0]
+    out = _edited_and_propagated(inputs.tokens, inputs.prefix, sae, groups.low, recording, torch.device("cpu"))
+    expected = remove_group(torch.from_numpy(inputs.tokens), sae, groups.low)
+    assert [len(t) for t, _ in calls] == [PROPAGATE_CHUNK, 5]
+    torch.testing.assert_close(torch.cat([t for t, _ in calls]), expected)
+    torch.testing.assert_close(torch.cat([p for _, p in calls]), torch.from_numpy(inputs.prefix))
+    torch.testing.assert_close(out, 2.0 * expected)
+
+
+def test_classification_pools_the_propagated_tokens(sae, splits, groups) -> None:
+    config = ClassificationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05))
+    kwargs = dict(config=config, device=torch.device("cpu"), progress=False)
+    at_layer = classification_metrics(sae, groups, splits, **kwargs)
+    propagated = classification_metrics(sae, groups, splits, propagate=prefix_everywhere, **kwargs)
+    # only the propagated features carry the label (through the prefix token)
+    assert all(propagated[f"cls_top1_{e}"] == 100.0 for e in ("original", "high_removed", "low_removed"))
+    assert at_layer["cls_top1_original"] < 70.0
+
+
+def test_segmentation_reads_the_propagated_tokens(sae, splits, groups) -> None:
+    config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
+    kwargs = dict(target_size=4, has_cls=True, config=config, device=torch.device("cpu"), progress=False)
+    at_layer = dense_metrics("seg", sae, groups, splits, **kwargs)
+    propagated = dense_metrics("seg", sae, groups, splits, propagate=prefix_everywhere, **kwargs)
+    assert propagated["seg_miou_original"] == pytest.approx(100.0)
+    assert at_layer["seg_miou_original"] < 70.0
+
+
+def test_workbench_skips_propagation_for_a_backbone_without_later_blocks(tmp_path) -> None:
+    workbench = Workbench(ActivationStore(tmp_path), device="cpu", progress=False, propagate=True)
+    with pytest.raises(Unavailable, match="no blocks after its SAE layer"):
+        workbench._propagation("planted")
+    assert Workbench(ActivationStore(tmp_path), device="cpu", progress=False)._propagation("planted") is None
