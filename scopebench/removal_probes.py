@@ -2,7 +2,8 @@
 
 For each task the probe is trained on the original tokens, on tokens with the high-CDS
 group removed and on tokens with the low-CDS group removed (DESIGN.md: the SAE error is
-kept).  Inputs are cached token arrays and the datasets' targets; metric names follow
+kept).  All three embeddings are z-scored with the original embedding's training statistics
+(see :mod:`scopebench.probes.standardize` for why).  Inputs are cached token arrays and the datasets' targets; metric names follow
 :data:`scopebench.claims.QUANTITIES` (accuracy and mIoU in percent, RMSE in depth units).
 
 By default the probes read the edited tokens at the SAE layer.  With ``propagate`` (a
@@ -24,11 +25,12 @@ from scopebench.data.base import ImageDataset
 from scopebench.partition import Partition
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
 from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
-from scopebench.probes.depth import DepthSplit, train_depth_probe
+from scopebench.probes.depth import DepthSplit, fit_depth_standardize, train_depth_probe
 from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
+from scopebench.probes.standardize import fit_standardize
 from scopebench.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
 from scopebench.sae.base import SparseAutoencoder
-from scopebench.scc import square_resize
+from scopebench.scc import square_resize_map
 
 SPLITS = ("train", "val", "test")
 PROPAGATE_CHUNK = 32  # images per pass through the remaining blocks
@@ -52,7 +54,7 @@ def _group(partition: Partition, embedding: str) -> np.ndarray:
 
 
 def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
-    """Per-image targets square-resized like the images (nearest, so labels stay labels)."""
+    """Per-image targets centre-cropped and resized like the images (nearest, values untouched)."""
     values = []
     for i in range(len(dataset)):
         sample = dataset[i]
@@ -64,8 +66,8 @@ def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
         target = getattr(sample, field)
         if target is None:
             raise ValueError(f"dataset {dataset.identity!r} has no {field} map for item {i}")
-        resized = square_resize(target[None].float(), size, "nearest")[0]
-        values.append(resized.round().long() if field == "segmentation" else resized)
+        resized = square_resize_map(target, size)
+        values.append(resized.long() if field == "segmentation" else resized.float())
     return torch.stack(values)
 
 
@@ -103,11 +105,13 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
 
     n_classes = int(max(int(v.max()) for v in labels.values())) + 1
     out = {}
-    for embedding in EMBEDDINGS:
+    standardizer = None
+    for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
         group = _group(partition, embedding)
         splits = [ClassificationSplit(features(s, group), labels[s]) for s in SPLITS]
+        standardizer = standardizer or fit_standardize(splits[0].features)
         result = train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
-                                            progress=progress)
+                                            progress=progress, standardizer=standardizer)
         out[f"cls_top1_{embedding}"] = 100.0 * float(result.test_metric)
     return out
 
@@ -133,7 +137,8 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         valid = torch.cat([t[t != config.ignore_index] for t in targets.values()])
         n_classes = int(valid.max()) + 1
     out = {}
-    for embedding in EMBEDDINGS:
+    standardizer = None
+    for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
         group = _group(partition, embedding)
         if propagate is None:
             edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
@@ -142,14 +147,17 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
                                                              propagate, device)) for s in SPLITS}
         if task == "seg":
             splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
+            standardizer = standardizer or fit_standardize(splits[0].tokens)
             result = train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,
-                                              progress=progress)
+                                              progress=progress, standardizer=standardizer)
             out[f"seg_miou_{embedding}"] = 100.0 * float(result.test_metric)
         else:
             # the CLS token is never edited; without one, the mean original patch token stands in
             global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
                              for s in SPLITS}
             splits = [DepthSplit(edited[s], global_tokens[s], targets[s]) for s in SPLITS]
-            result = train_depth_probe(*splits, config=config, device=device, progress=progress)
+            standardizer = standardizer or fit_depth_standardize(splits[0])
+            result = train_depth_probe(*splits, config=config, device=device, progress=progress,
+                                       standardizer=standardizer)
             out[f"depth_rmse_{embedding}"] = float(result.test_metric)
     return out

@@ -42,13 +42,18 @@ def overlap_index(grid_side: int, shift: int) -> OverlapIndex:
     return OverlapIndex(side=side, in_a=in_a, in_b=in_b)
 
 
-def square_resize(images: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Centre-crop ``[..., 3, H, W]`` images to a square, then resize to ``size`` (values clamped to [0, 1])."""
-    h, w = images.shape[-2:]
+def _centre_square(maps: torch.Tensor) -> torch.Tensor:
+    """The largest centred square of ``[..., H, W]``."""
+    h, w = maps.shape[-2:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = images[..., top : top + side, left : left + side]
-    if side == size:
+    return maps[..., top : top + side, left : left + side]
+
+
+def square_resize(images: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Centre-crop ``[..., 3, H, W]`` images to a square, then resize to ``size`` (values clamped to [0, 1])."""
+    square = _centre_square(images)
+    if square.shape[-1] == size:
         return square.contiguous()
     lead = square.shape[:-3]
     flat = square.reshape(-1, *square.shape[-3:]).float()
@@ -56,6 +61,21 @@ def square_resize(images: torch.Tensor, size: int, interpolation: str = "bicubic
     kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
     out = F.interpolate(flat, size=(size, size), mode=mode, **kwargs).clamp_(0.0, 1.0)
     return out.reshape(*lead, *out.shape[-3:])
+
+
+def square_resize_map(target: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop a dense target ``[H, W]`` (labels or depth) to a square and resize it, nearest, to ``size``.
+
+    The same crop as :func:`square_resize` gives the images, so pixels stay aligned; values
+    are kept as they are (no clamping, no blending of labels or of invalid-depth zeros).
+    """
+    if target.ndim != 2:
+        raise ValueError(f"a dense target must be [H, W], got shape {tuple(target.shape)}")
+    square = _centre_square(target)
+    if square.shape[-1] == size:
+        return square.contiguous()
+    out = F.interpolate(square[None, None].double(), size=(size, size), mode="nearest")[0, 0]
+    return out.to(target.dtype)
 
 
 def scc(images: torch.Tensor, shift: int, *, patch_size: int, grid_side: int,

@@ -37,6 +37,7 @@ from scopebench.removal_probes import SPLITS, ProbeInputs, classification_metric
 from scopebench.atomic import write_text_atomic
 from scopebench.sae import SparseAutoencoder, load_recipe, load_sae, train_sae
 from scopebench.sae.checkpoint import is_native_checkpoint, load_native
+from scopebench.sae.training import TRAINER_VERSION
 from scopebench.scc import scc
 
 T = TypeVar("T")
@@ -151,7 +152,8 @@ class Workbench:
         if scale.sae_overrides:
             recipe = recipe.model_validate({**recipe.model_dump(), **scale.sae_overrides})
         tokens = self.tokens(backbone, "train")
-        run_dir = self.sae_dir / f"{backbone}-{name}-{_digest([tokens.key.digest, recipe.model_dump(mode='json')])}"
+        key = [tokens.key.digest, recipe.model_dump(mode="json"), TRAINER_VERSION]
+        run_dir = self.sae_dir / f"{backbone}-{name}-{_digest(key)}"
         final = run_dir / "sae"
         if is_native_checkpoint(final):
             sae = load_native(final)

@@ -10,8 +10,8 @@ from scopebench.data.base import Sample
 from scopebench.partition import Partition
 from scopebench.probes.config import ClassificationConfig, SegmentationConfig
 from scopebench.removal import remove_group
-from scopebench.removal_probes import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, classification_metrics, \
-    dense_metrics
+from scopebench.removal_probes import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, _targets, \
+    classification_metrics, dense_metrics
 from scopebench.workbench import Unavailable, Workbench
 from tiny_sae import ReluSAE
 
@@ -106,3 +106,21 @@ def test_workbench_skips_propagation_for_a_backbone_without_later_blocks(tmp_pat
     with pytest.raises(Unavailable, match="no blocks after its SAE layer"):
         workbench._propagation("planted")
     assert Workbench(ActivationStore(tmp_path), device="cpu", progress=False)._propagation("planted") is None
+
+
+def test_dense_targets_keep_labels_and_depths_beyond_pixel_range() -> None:
+    class Scene:
+        identity = "one-scene"
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int) -> Sample:
+            depth = torch.linspace(0.5, 9.5, 64).reshape(8, 8)
+            labels = torch.arange(64).reshape(8, 8) % 5 - 1  # -1 = ignore, classes up to 3
+            return Sample(image=torch.zeros(3, 8, 8), depth=depth, segmentation=labels)
+
+    depth = _targets(Scene(), "depth", 4)[0]
+    labels = _targets(Scene(), "segmentation", 4)[0]
+    torch.testing.assert_close(depth, torch.linspace(0.5, 9.5, 64).reshape(8, 8)[::2, ::2])
+    assert labels.tolist() == (torch.arange(64).reshape(8, 8) % 5 - 1)[::2, ::2].tolist()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from scopebench.scc import overlap_index, scc, square_resize
+from scopebench.scc import overlap_index, scc, square_resize, square_resize_map
 
 
 def _patches(view: torch.Tensor, n: int) -> torch.Tensor:
@@ -63,3 +63,18 @@ def test_bad_shift_is_explained(shift):
 def test_bad_image_shape_is_explained():
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         scc(torch.rand(32, 32), 1, patch_size=4, grid_side=7)
+
+
+def test_square_resize_map_crops_like_the_images_and_keeps_values():
+    # 6 x 10 map: the centred square is columns 2..7; halving it keeps every other pixel
+    target = torch.arange(60, dtype=torch.float32).reshape(6, 10) * 0.5 + 3.0
+    out = square_resize_map(target, 3)
+    torch.testing.assert_close(out, target[0::2, 2:8:2])
+    assert out.max() > 1.0  # depth and labels are not clamped like pixel values
+    labels = torch.tensor([[7, 7, -1, -1], [7, 7, -1, -1], [250, 250, 2, 2], [250, 250, 2, 2]])
+    assert square_resize_map(labels, 2).tolist() == [[7, -1], [250, 2]]
+    assert square_resize_map(labels, 2).dtype == labels.dtype
+    images = torch.rand(3, 6, 10)
+    torch.testing.assert_close(square_resize(images, 6), images[:, :, 2:8])  # same crop as the images
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        square_resize_map(torch.zeros(1, 4, 4), 2)

@@ -41,10 +41,14 @@ class ClassificationTask:
     metric_name = "top1"
     higher_is_better = True
 
-    def __init__(self, train: ClassificationSplit, n_classes: int, standardize: bool) -> None:
+    def __init__(self, train: ClassificationSplit, n_classes: int, standardize: bool,
+                 standardizer: Standardize | None = None) -> None:
         self.n_classes = n_classes
         self.dim = train.features.shape[1]
-        self.standardize = fit_standardize(train.features) if standardize else Standardize.identity(self.dim)
+        if not standardize:
+            self.standardize = Standardize.identity(self.dim)
+        else:
+            self.standardize = standardizer or fit_standardize(train.features)
 
     def build(self, generator: torch.Generator) -> nn.Module:
         return nn.Sequential(self.standardize, seeded_linear(self.dim, self.n_classes, generator))
@@ -77,10 +81,12 @@ def train_classification_probe(
     config: ClassificationConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    standardizer: Standardize | None = None,
 ) -> ProbeResult:
     """Random-searched linear classifier; metric = top-1 accuracy (fraction) on val / test.
 
-    ``n_classes`` defaults to ``1 + max label`` over the given splits.
+    ``n_classes`` defaults to ``1 + max label`` over the given splits.  ``standardizer``
+    replaces the statistics fitted on ``train`` (see :mod:`scopebench.probes.standardize`).
     """
     config = config or ClassificationConfig()
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
@@ -91,7 +97,7 @@ def train_classification_probe(
         n_classes = 1 + max(int(split.labels.max()) for split in splits.values())
     for name, split in splits.items():
         _check_labels(split, name, n_classes)
-    task = ClassificationTask(train, n_classes, config.standardize)
+    task = ClassificationTask(train, n_classes, config.standardize, standardizer)
     return random_search(
         task,
         (train.features, train.labels),

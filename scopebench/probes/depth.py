@@ -87,18 +87,23 @@ class DepthBinsProbe(nn.Module):
         return torch.einsum("bkhw,k->bhw", probabilities, self.centres)
 
 
+def fit_depth_standardize(split: DepthSplit) -> Standardize:
+    """Statistics of the probe's input ``[global token, patch token]``, fitted on ``split``."""
+    patch, cls = fit_standardize(split.tokens), fit_standardize(split.global_tokens)
+    return Standardize(torch.cat([cls.mean, patch.mean]), torch.cat([cls.std, patch.std]))
+
+
 class DepthTask:
     metric_name = "rmse"
     higher_is_better = False
 
-    def __init__(self, train: DepthSplit, config: DepthConfig) -> None:
+    def __init__(self, train: DepthSplit, config: DepthConfig, standardizer: Standardize | None = None) -> None:
         self.config = config
         self.dim = 2 * train.tokens.shape[-1]
-        if config.standardize:
-            patch, cls = fit_standardize(train.tokens), fit_standardize(train.global_tokens)
-            self.standardize = Standardize(torch.cat([cls.mean, patch.mean]), torch.cat([cls.std, patch.std]))
-        else:
+        if not config.standardize:
             self.standardize = Standardize.identity(self.dim)
+        else:
+            self.standardize = standardizer or fit_depth_standardize(train)
 
     def build(self, generator: torch.Generator) -> nn.Module:
         linear = seeded_linear(self.dim, self.config.n_bins, generator)
@@ -126,14 +131,18 @@ def train_depth_probe(
     config: DepthConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    standardizer: Standardize | None = None,
 ) -> ProbeResult:
-    """Random-searched depth-bin probe; metric = RMSE (depth units) on val / test."""
+    """Random-searched depth-bin probe; metric = RMSE (depth units) on val / test.
+
+    ``standardizer`` replaces the statistics fitted on ``train`` (see :mod:`scopebench.probes.standardize`).
+    """
     config = config or DepthConfig()
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
     for name, split in splits.items():
         if split.tokens.shape[-1] != train.tokens.shape[-1]:
             raise ValueError(f"{name} tokens have dim {split.tokens.shape[-1]}, train has {train.tokens.shape[-1]}")
-    task = DepthTask(train, config)
+    task = DepthTask(train, config, standardizer)
     return random_search(
         task,
         (train.tokens, train.global_tokens, train.depth),

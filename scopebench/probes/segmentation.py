@@ -60,11 +60,15 @@ class SegmentationTask:
     metric_name = "miou"
     higher_is_better = True
 
-    def __init__(self, train: SegmentationSplit, n_classes: int, config: SegmentationConfig) -> None:
+    def __init__(self, train: SegmentationSplit, n_classes: int, config: SegmentationConfig,
+                 standardizer: Standardize | None = None) -> None:
         self.n_classes = n_classes
         self.ignore_index = config.ignore_index
         self.dim = train.tokens.shape[-1]
-        self.standardize = fit_standardize(train.tokens) if config.standardize else Standardize.identity(self.dim)
+        if not config.standardize:
+            self.standardize = Standardize.identity(self.dim)
+        else:
+            self.standardize = standardizer or fit_standardize(train.tokens)
 
     def build(self, generator: torch.Generator) -> nn.Module:
         return PatchClassifier(self.standardize, seeded_linear(self.dim, self.n_classes, generator))
@@ -93,8 +97,12 @@ def train_segmentation_probe(
     config: SegmentationConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    standardizer: Standardize | None = None,
 ) -> ProbeResult:
-    """Random-searched per-patch linear probe; metric = mIoU (fraction) on val / test."""
+    """Random-searched per-patch linear probe; metric = mIoU (fraction) on val / test.
+
+    ``standardizer`` replaces the statistics fitted on ``train`` (see :mod:`scopebench.probes.standardize`).
+    """
     config = config or SegmentationConfig()
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
     for name, split in splits.items():
@@ -109,7 +117,7 @@ def train_segmentation_probe(
                 f"[0, {n_classes}) or equal ignore_index={config.ignore_index}; remap the dataset's ignore "
                 "value to config.ignore_index"
             )
-    task = SegmentationTask(train, n_classes, config)
+    task = SegmentationTask(train, n_classes, config, standardizer)
     return random_search(
         task,
         (train.tokens, train.labels),

@@ -5,6 +5,11 @@ The map ``(x - mean) / std`` is fixed (buffers, not parameters), so a probe buil
 Each dimension's variance is floored at ``VARIANCE_FLOOR`` times the mean variance so
 that a dimension emptied by feature removal (variance ~ rounding error) is not blown up
 to unit scale.
+
+The probe functions accept a ``standardizer`` fitted elsewhere.  The removal experiments
+pass the one fitted on the original (unedited) features to all three embeddings: fitted
+on an edited embedding, z-scoring would scale whatever the removal left (the SAE error,
+which still follows the removed content) back up to unit variance and undo the removal.
 """
 from __future__ import annotations
 
