@@ -203,12 +203,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 
 
 def _finalise_rows(session: SessionClaims) -> list[CaseRow]:
-    """Apply test outcomes: a failed test fails its rows; a case with no rows gets one."""
+    """Apply test outcomes: a failed test fails its rows without a claim verdict of their own
+    (a claim that held keeps its PASS when a sibling claim of the same case fails); a case
+    with no rows gets one."""
     rows = []
     recorded = {row.nodeid for row in session.rows}
     for row in session.rows:
         outcome, reason = session.outcomes.get(row.nodeid, ("passed", ""))
-        if outcome == "failed" and row.verdict != "FAIL":
+        if outcome == "failed" and row.verdict not in ("PASS", "FAIL"):
             row = replace(row, verdict="FAIL", detail=f"test failed: {reason}")
         rows.append(row)
     for nodeid, (outcome, reason) in session.outcomes.items():

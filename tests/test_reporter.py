@@ -30,6 +30,13 @@ def test_table7_fails(claim_report):
                                  measured={"attn_emd_out[s=1]": 0.4, "attn_emd_non[s=1]": 0.6})
     assert verdict.passed, verdict.detail
 
+def test_two_claims_one_fails(claim_report):
+    held = claim_report.check("table6.outliers-reconstructed-better", backbone="siglip2-b", sae=SAE,
+                              measured={"fvu_o": 0.001, "fvu_a": 0.05})
+    broken = claim_report.check("table6.outliers-cosine-higher", backbone="siglip2-b", sae=SAE,
+                                measured={"cs_o": 0.5, "cs_a": 0.9})
+    assert held.passed and broken.passed, broken.detail
+
 def test_crashes_before_recording(claim_report):
     raise RuntimeError("backbone exploded")
 
@@ -55,7 +62,7 @@ def _row(lines: list[str], case: str) -> str:
 def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> None:
     _setup(pytester)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=2, skipped=1)
+    result.assert_outcomes(passed=2, failed=3, skipped=1)
     lines = result.outlines
     header = next(i for i, line in enumerate(lines) if "scopebench claims" in line)
     table = lines[header + 1:]
@@ -68,6 +75,10 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
     failing = _row(table, "test_table7_fails")
     assert failing.endswith("FAIL") and "attn_emd_out[s=1]=6.96" in failing
     assert _row(table, "test_crashes_before_recording").endswith("FAIL")
+    sibling_rows = [line for line in table if line.startswith("test_two_claims_one_fails ")]
+    assert [line.split()[1] for line in sibling_rows] == ["table6.outliers-reconstructed-better",
+                                                          "table6.outliers-cosine-higher"]
+    assert [line.split()[-1] for line in sibling_rows] == ["PASS", "FAIL"]
     assert _row(table, "test_no_weights").endswith("SKIP")
     assert not any(line.startswith("test_not_a_bench_case") for line in table)
     result.stdout.fnmatch_lines(["*FAIL*test_crashes_before_recording*RuntimeError: backbone exploded*"])
@@ -82,7 +93,7 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
                                                                              "attn_emd_out[s=1]": 6.96}
     assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed"}
     assert data["datasets"]["table6"]["n_tokens"] == 64 and data["definitions"]["tau"] == 100.0
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, "siglip2-b__topk.json"]
 
     board = lines[next(i for i, line in enumerate(lines) if "scopebench leaderboard" in line):]
     board_row = next(line for line in board if line.startswith("dinov2-b"))
@@ -105,7 +116,7 @@ def test_results_dir_and_no_results_options(pytester: pytest.Pytester, tmp_path:
     _setup(pytester)
     target = tmp_path / "elsewhere"
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "--results-dir", str(target))
-    assert [p.name for p in target.iterdir()] == ["dinov2-b__topk.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["dinov2-b__topk.json", "siglip2-b__topk.json"]
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-results")
     assert any("scopebench claims" in line for line in result.outlines)
     assert not (pytester.path / "leaderboard").exists()
