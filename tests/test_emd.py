@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scopebench.emd import grid_cost, grid_w1
+from scopebench.emd.cost import grid_neighbours
 from scopebench.emd.exact import FOLD_BUDGET, _distinct_rows, _fold_negligible, _supports
 
 
@@ -74,6 +75,22 @@ def test_exact_matches_ot_emd2(side: int, kind: str) -> None:
     maker = {"dense": dense_maps, "sparse": sparse_maps, "attention": attention_maps}[kind]
     a, b = maker(rng, 40 if side == 13 else 80, side)
     np.testing.assert_allclose(grid_w1(a, b, side), reference_w1(a, b, side), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", range(2, 24))
+def test_exact_matches_ot_emd2_on_every_overlap_side(side: int) -> None:
+    """Sides 2..23 cover the SCC overlap grids of 14x14 up to 24x24 patch grids (L/14-336)."""
+    rng = np.random.default_rng(300 + side)
+    g, m = side * side, 4 if side > 15 else 8
+    point = np.zeros((m, g))
+    point[np.arange(m), rng.integers(0, g, m)] = 1.0
+    dense_a, dense_b = attention_maps(rng, m, side)
+    sparse_a, sparse_b = sparse_maps(rng, m, side)
+    a = np.concatenate([dense_a, sparse_a, point, dense_a, dense_a])
+    b = np.concatenate([dense_b, sparse_b, dense_b, point, dense_a])  # the last block: identical maps
+    result = grid_w1(a, b, side)
+    np.testing.assert_allclose(result, reference_w1(a, b, side), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result[-m:], 0.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("side", [3, 7, 13])
@@ -220,20 +237,65 @@ def test_folding_negligible_tails_stays_within_its_budget_of_ot_emd2() -> None:
     side = 9
     a, b = attention_maps(rng, 60, side)
     a, b = a**3, b**3  # sharpen: tails drop to ~1e-20 of the peak
-    cost = grid_cost(side)
-    allowance = FOLD_BUDGET / (2.0 * cost.max())
+    allowance = FOLD_BUDGET / 2.0  # per side; a fold moves mass at least one cell
     unit_a, unit_b = a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
     residual = unit_a - np.minimum(unit_a, unit_b)
     assert ((residual > 0) & (residual <= allowance)).any(axis=1).mean() > 0.5  # folding really happens
     np.testing.assert_allclose(grid_w1(a, b, side), reference_w1(a, b, side), rtol=0, atol=FOLD_BUDGET + 1e-12)
 
 
-def test_fold_negligible_moves_the_smallest_entries_onto_the_largest_cell() -> None:
-    row = np.array([[0.5, 1e-10, 2e-10, 0.3, 0.0, 5e-10]])
-    folded = _fold_negligible(row, allowance=4e-10)  # 1e-10 + 2e-10 fit, adding 5e-10 would not
-    np.testing.assert_array_equal(folded, [[0.5 + 3e-10, 0.0, 0.0, 0.3, 0.0, 5e-10]])
-    untouched = _fold_negligible(row, allowance=5e-11)
-    np.testing.assert_array_equal(untouched, row)
+def grid_row(side: int, cells: dict[tuple[int, int], float]) -> np.ndarray:
+    """One ``[1, side*side]`` residual row with the given (row, col) -> mass entries."""
+    row = np.zeros((1, side * side))
+    for (r, c), mass in cells.items():
+        row[0, r * side + c] = mass
+    return row
+
+
+def test_fold_negligible_moves_light_cells_into_the_nearest_heavier_cell() -> None:
+    # (0,1) is next to the peak: costs 1e-10 * 1.  (2,2) is 2*sqrt(2) from the peak and nearer to
+    # no heavier cell: costs 3e-10 * 2.83 = 8.5e-10.
+    row = grid_row(3, {(0, 0): 0.5, (0, 1): 1e-10, (2, 2): 3e-10})
+    np.testing.assert_array_equal(_fold_negligible(row, 1e-9, 3), grid_row(3, {(0, 0): 0.5 + 4e-10}))
+    np.testing.assert_array_equal(_fold_negligible(row, 5e-10, 3), grid_row(3, {(0, 0): 0.5 + 1e-10, (2, 2): 3e-10}))
+    np.testing.assert_array_equal(_fold_negligible(row, 5e-11, 3), row)
+
+
+def test_fold_negligible_carries_folded_mass_along_a_chain() -> None:
+    # (0,0) folds into its heavier neighbour (0,1) for 1e-10; (0,1) then carries 3e-10 two cells
+    # to the peak for 6e-10 more.
+    row = grid_row(4, {(0, 0): 1e-10, (0, 1): 2e-10, (0, 3): 1.0})
+    np.testing.assert_array_equal(_fold_negligible(row, 7.5e-10, 4), grid_row(4, {(0, 3): 1.0 + 3e-10}))
+    np.testing.assert_array_equal(_fold_negligible(row, 6e-10, 4), grid_row(4, {(0, 1): 3e-10, (0, 3): 1.0}))
+
+
+def test_fold_negligible_falls_back_to_the_largest_cell_beyond_the_radius() -> None:
+    row = grid_row(5, {(0, 0): 1e-10, (4, 4): 1.0})  # 4*sqrt(2) apart, beyond the neighbour radius
+    np.testing.assert_array_equal(_fold_negligible(row, 6e-10, 5), grid_row(5, {(4, 4): 1.0 + 1e-10}))
+    np.testing.assert_array_equal(_fold_negligible(row, 5e-10, 5), row)  # 5.66e-10 does not fit
+
+
+def test_fold_negligible_keeps_mass_and_stays_within_its_allowance_of_ot_emd2() -> None:
+    rng = np.random.default_rng(10)
+    side = 6
+    rows = rng.random((40, side * side)) ** 12 * (rng.random((40, side * side)) < 0.7)
+    allowance = 1e-4
+    folded = _fold_negligible(rows, allowance, side)
+    np.testing.assert_allclose(folded.sum(axis=1), rows.sum(axis=1), rtol=1e-12)
+    assert (np.count_nonzero(folded, axis=1) < np.count_nonzero(rows, axis=1)).mean() > 0.5
+    moved = np.array([ot.emd2(x, y, np.array(grid_cost(side))) for x, y in zip(rows, folded)])
+    assert (moved <= allowance * (1 + 1e-9)).all()
+    assert moved.max() > allowance / 4  # the allowance is used, not wasted
+
+
+def test_grid_neighbours_are_within_the_radius_nearest_first() -> None:
+    ids, distance = grid_neighbours(4, 2.0)
+    assert distance.tolist() == sorted(distance.tolist()) and len(distance) == 12  # 4 + 4 diagonals + 4
+    cost = grid_cost(4)
+    for cell in range(16):
+        inside = ids[cell] < 16
+        np.testing.assert_allclose(cost[cell, ids[cell][inside]], distance[inside])
+        assert set(ids[cell][inside]) == set(np.flatnonzero((cost[cell] > 0) & (cost[cell] <= 2.0)))
 
 
 def test_distinct_rows_and_supports_match_numpy() -> None:
@@ -246,5 +308,6 @@ def test_distinct_rows_and_supports_match_numpy() -> None:
     first_seen = [int(np.flatnonzero((rows == u).all(axis=1))[0]) for u in unique]
     assert first_seen == sorted(first_seen)  # distinct rows keep their order of first appearance
     for row, (cells, mass) in zip(rows, _supports(rows)):
-        np.testing.assert_array_equal(cells, np.flatnonzero(row))
-        np.testing.assert_array_equal(mass, row[row > 0])
+        assert sorted(cells.tolist()) == np.flatnonzero(row).tolist()
+        np.testing.assert_array_equal(mass, row[cells])
+        assert (np.diff(mass) >= 0).all()  # light cells first: the node order the LP is fastest with

@@ -56,7 +56,7 @@ def grid_w1(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, side: in
     unit_a = hist_a[valid] / mass_a[valid, None]
     unit_b = hist_b[valid] / mass_b[valid, None]
     if method == "exact":
-        distances = exact_w1(unit_a, unit_b, cost, threads=threads, progress=progress)
+        distances = exact_w1(unit_a, unit_b, side, threads=threads, progress=progress)
     else:
         distances = sinkhorn_w1(unit_a, unit_b, cost, device=device, progress=progress)
     out = np.full(hist_a.shape[0], np.nan)
