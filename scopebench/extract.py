@@ -5,6 +5,11 @@ memory-mapped arrays, never the backbone.  The cache key records the backbone, i
 weights, the layer, the dataset identity, the image transform, the sampled indices and
 the storage dtype, so a second call with the same inputs does no forward pass, and an
 interrupted call resumes at the first shard not yet written.
+
+``extract_tokens(..., patches_per_image=k)`` keeps only ``k`` random patch tokens per image
+(the paper's SAE training set: 4 per image of 100k images).  The positions are a pure
+function of ``(sample_seed, dataset index)``, so they do not depend on batch size, shard
+size or the point an interrupted run resumed from; they are stored beside the tokens.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from scopebench.scc import OverlapIndex, overlap_index, scc, square_resize
 
 STORABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _SHARD_TARGET_BYTES = 256 * 2**20  # default shard size: large enough for fast I/O, small enough to resume cheaply
+# First word of the seed sequence of patch sampling, so its stream never coincides with
+# another seeded stream of the project (e.g. the SAE sampler's default_rng([seed, epoch])).
+PATCH_SAMPLE_STREAM = 0x5A3B_0001
 
 # view name -> pixels [B, 3, S, S]; "" for the single view of plain extraction
 ViewMaker = Callable[[Sequence[torch.Tensor]], dict[str, torch.Tensor]]
@@ -39,10 +47,11 @@ class Activations:
     key: CacheKey
     entry: CacheEntry
     grid: Grid
-    tokens: ShardedArray  # [n_img, N, D] patch tokens
+    tokens: ShardedArray  # [n_img, N, D] patch tokens ([n_img, k, D] when sampled, k = patches_per_image)
     prefix: ShardedArray  # [n_img, P, D] prefix tokens (CLS, registers)
     image_index: np.ndarray  # [n_img] dataset indices
     attention: ShardedArray | None = None  # [n_img, H, P+N, P+N] when extracted with attention=True
+    patch_index: np.ndarray | None = None  # [n_img, k] grid position of each stored token; None = all N kept
 
     @property
     def meta(self) -> EntryMeta:
@@ -52,12 +61,17 @@ class Activations:
     def n_images(self) -> int:
         return len(self.tokens)
 
+    @property
+    def tokens_per_image(self) -> int:
+        """Patch tokens stored per image: N for a full extraction, k when sampled."""
+        return int(self.tokens.shape[1])
+
     def iter_batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first_row, tokens[b, N, D])`` batches of images, memory-mapped (no copy)."""
         return self.tokens.iter_batches(batch_size)
 
     def flat_tokens(self, rows: slice | Sequence[int] | np.ndarray = slice(None)) -> np.ndarray:
-        """Patch tokens of the chosen images as one ``[n * N, D]`` matrix (a copy)."""
+        """Stored patch tokens of the chosen images as one ``[n * tokens_per_image, D]`` matrix (a copy)."""
         chosen = self.tokens[rows]
         return np.asarray(chosen).reshape(-1, self.tokens.shape[-1])
 
@@ -112,6 +126,41 @@ def _sampling(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | None)
     return chosen, f"indices:n={chosen.size}:sha256={digest}"
 
 
+@dataclass(frozen=True)
+class PatchSample:
+    """``per_image`` distinct patch positions of an ``n_patches`` grid kept per image.
+
+    Image ``i`` of the dataset keeps the ascending positions
+    ``sort(default_rng([PATCH_SAMPLE_STREAM, seed, i]).choice(n_patches, per_image, replace=False))``:
+    they depend on nothing but the seed and the image's dataset index.
+    """
+
+    per_image: int
+    seed: int
+    n_patches: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_image, bool) or not isinstance(self.per_image, (int, np.integer)) \
+                or not 1 <= self.per_image <= self.n_patches:
+            raise ValueError(f"patches_per_image must be an integer in [1, {self.n_patches}] (the backbone's grid has "
+                             f"{self.n_patches} patches); got {self.per_image!r}. Pass None to keep every patch")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"sample_seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def key_suffix(self) -> str:
+        """Appended to the key's ``sampling`` field: a sampled entry never shares a folder with a full one."""
+        return f";patches:k={self.per_image}:seed={self.seed}"
+
+    def positions(self, image_index: np.ndarray) -> np.ndarray:
+        """``[len(image_index), per_image]`` int64 positions, ascending within each image."""
+        chosen = np.empty((len(image_index), self.per_image), dtype=np.int64)
+        for row, index in enumerate(image_index):
+            rng = np.random.default_rng([PATCH_SAMPLE_STREAM, int(self.seed), int(index)])
+            chosen[row] = np.sort(rng.choice(self.n_patches, size=self.per_image, replace=False))
+        return chosen
+
+
 def _expected_grid(backbone: Backbone) -> Grid:
     spec = backbone.spec
     return Grid(patch_size=spec.patch_size, rows=spec.grid_side, cols=spec.grid_side, n_prefix=spec.n_prefix)
@@ -127,10 +176,13 @@ def _check_output(out: LayerOutput, grid: Grid, dim: int, batch: int, name: str,
         raise ValueError(f"backbone {name!r} returned no attention although attention=True was asked")
 
 
-def _shard_rows(backbone: Backbone, n_views: int, itemsize: int, attention: bool, n_rows: int) -> int:
+def _shard_rows(backbone: Backbone, n_views: int, itemsize: int, attention: bool, n_rows: int,
+                patch_sample: PatchSample | None) -> int:
+    """Images per shard so that one shard holds about ``_SHARD_TARGET_BYTES`` of stored arrays."""
     spec = backbone.spec
     n_all = spec.n_patches + spec.n_prefix
-    row_bytes = n_views * n_all * spec.embed_dim * itemsize
+    n_stored = (patch_sample.per_image if patch_sample else spec.n_patches) + spec.n_prefix
+    row_bytes = n_views * n_stored * spec.embed_dim * itemsize
     if attention:
         row_bytes += n_views * spec.n_heads * n_all * n_all * itemsize
     return max(1, min(n_rows, _SHARD_TARGET_BYTES // max(row_bytes, 1)))
@@ -142,32 +194,45 @@ def _move_to(backbone: Backbone, device: torch.device) -> None:
         mover(device)
 
 
+def _keep_patches(tokens: torch.Tensor, positions: np.ndarray | None) -> torch.Tensor:
+    """``tokens[b, positions[b]]`` on the tokens' device (so only kept rows leave it); all when None."""
+    if positions is None:
+        return tokens
+    index = torch.from_numpy(positions).to(tokens.device)[:, :, None].expand(-1, -1, tokens.shape[-1])
+    return torch.gather(tokens, 1, index)
+
+
 def _compute_shard(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, make_views: ViewMaker,
                    batch_size: int, target: torch.device, np_dtype: type, attention: bool,
-                   bar: tqdm) -> dict[str, np.ndarray]:
+                   patch_sample: PatchSample | None, bar: tqdm) -> dict[str, np.ndarray]:
     """Forward the images ``rows`` in batches; one array per output and view, row = image."""
     spec, grid = backbone.spec, _expected_grid(backbone)
+    positions = patch_sample.positions(rows) if patch_sample else None
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     for first in range(0, len(rows), batch_size):
         batch_rows = rows[first : first + batch_size]
+        kept = positions[first : first + batch_size] if positions is not None else None
         views = make_views([dataset[int(i)].image for i in batch_rows])
         for suffix, pixels in views.items():
             out = backbone.forward_layer(pixels.to(target), attention=attention)
             _check_output(out, grid, spec.embed_dim, len(batch_rows), spec.name, attention)
-            outputs = {"tokens": out.tokens, "prefix": out.prefix, "attention": out.attention if attention else None}
+            outputs = {"tokens": _keep_patches(out.tokens, kept), "prefix": out.prefix,
+                       "attention": out.attention if attention else None}
             for name, tensor in outputs.items():
                 if tensor is not None:
                     parts[name + suffix].append(tensor.float().cpu().numpy().astype(np_dtype))
         bar.update(len(batch_rows))
     arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     arrays["image_index"] = rows
+    if positions is not None:
+        arrays["patch_index"] = positions
     return arrays
 
 
 def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, kind: str, transform: dict[str, Any],
          make_views: ViewMaker, n_views: int, indices: Sequence[int] | np.ndarray | None, batch_size: int,
          device: str | torch.device, dtype: str, shard_rows: int | None, attention: bool, progress: bool,
-         attrs: dict[str, Any]) -> CacheEntry:
+         attrs: dict[str, Any], patch_sample: PatchSample | None = None) -> CacheEntry:
     """Fill every missing shard of the entry for these inputs (under its lock), then open it."""
     if dtype not in STORABLE_DTYPES:
         raise ValueError(f"dtype {dtype!r} cannot be stored; use one of {sorted(STORABLE_DTYPES)}")
@@ -176,6 +241,8 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
     if not isinstance(dataset, ImageDataset):
         raise TypeError(f"dataset must implement scopebench.data.base.ImageDataset, got {type(dataset).__name__}")
     rows, sampling = _sampling(dataset, indices)
+    if patch_sample is not None:
+        sampling += patch_sample.key_suffix
     spec = backbone.spec
     key = CacheKey(kind=kind + ("+attention" if attention else ""), backbone=spec.name,
                    weights_id=backbone.weights_id, layer=spec.layer, dataset=dataset.identity,
@@ -183,7 +250,8 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
     if store.status(key) == "complete":
         return store.read(key)
     np_dtype = STORABLE_DTYPES[dtype]
-    per_shard = shard_rows or _shard_rows(backbone, n_views, np.dtype(np_dtype).itemsize, attention, len(rows))
+    per_shard = shard_rows or _shard_rows(backbone, n_views, np.dtype(np_dtype).itemsize, attention, len(rows),
+                                          patch_sample)
     target = resolve_device(device)
     with store.writer(key, n_rows=len(rows), rows_per_shard=per_shard, attrs=attrs) as writer:
         missing = writer.missing_shards()
@@ -195,7 +263,8 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
                                           desc=f"extract {key.kind} {spec.name}") as bar:
             for index, (start, stop) in ranges.items():
                 writer.write_shard(index, _compute_shard(backbone, dataset, rows[start:stop], make_views,
-                                                         batch_size, target, np_dtype, attention, bar))
+                                                         batch_size, target, np_dtype, attention, patch_sample,
+                                                         bar))
         if not writer.complete:
             writer.finish()
     return store.read(key)
@@ -205,27 +274,54 @@ def _stack_resized(images: Sequence[torch.Tensor], size: int, interpolation: str
     return torch.stack([square_resize(image, size, interpolation) for image in images])
 
 
+def _patch_sample(backbone: Backbone, patches_per_image: int | None, sample_seed: int,
+                  attention: bool) -> PatchSample | None:
+    if patches_per_image is None:
+        return None
+    if attention:
+        raise ValueError("attention=True needs every patch of the image; extract attention with "
+                         "patches_per_image=None (sampling is meant for SAE training tokens)")
+    return PatchSample(per_image=patches_per_image, seed=sample_seed, n_patches=backbone.spec.n_patches)
+
+
+def _token_attrs(backbone: Backbone, patch_sample: PatchSample | None) -> dict[str, Any]:
+    """Informative ``meta.json`` attrs: the grid, and how patches were drawn when sampled."""
+    attrs: dict[str, Any] = {"grid": asdict(_expected_grid(backbone))}
+    if patch_sample is not None:
+        attrs["patch_sample"] = {"per_image": int(patch_sample.per_image), "seed": int(patch_sample.seed),
+                                 "stream": PATCH_SAMPLE_STREAM}
+    return attrs
+
+
 def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *,
                    indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
                    device: str | torch.device = "cpu", dtype: str = "float32", shard_rows: int | None = None,
-                   attention: bool = False, progress: bool = True) -> Activations:
+                   attention: bool = False, progress: bool = True, patches_per_image: int | None = None,
+                   sample_seed: int = 0) -> Activations:
     """Patch and prefix tokens of each image (square-resized to the backbone's input size).
 
     ``indices`` selects dataset items (default: all, in order); ``shard_rows`` images per
     shard (default: about 256 MiB per shard); ``attention=True`` also stores the designated
     block's attention probabilities.  The backbone is moved to ``device`` if it has ``.to``.
+    ``patches_per_image=k`` stores only ``k`` distinct patch tokens per image, drawn from
+    ``(sample_seed, dataset index)`` (see :class:`PatchSample`); their grid positions are
+    ``Activations.patch_index``.  ``sample_seed`` is ignored when every patch is kept.
     """
+    patch_sample = _patch_sample(backbone, patches_per_image, sample_seed, attention)
     pre = backbone.preprocess
     transform = {"op": "square_resize", "size": pre.image_size, "interpolation": pre.interpolation,
                  "mean": list(pre.mean), "std": list(pre.std)}
     entry = _run(backbone, dataset, store, kind="tokens", transform=transform,
                  make_views=lambda images: {"": _stack_resized(images, pre.image_size, pre.interpolation)}, n_views=1,
                  indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
-                 attention=attention, progress=progress, attrs={"grid": asdict(_expected_grid(backbone))})
+                 attention=attention, progress=progress, attrs=_token_attrs(backbone, patch_sample),
+                 patch_sample=patch_sample)
     arrays = entry.arrays
+    patch_index = arrays.get("patch_index")
     return Activations(key=entry.meta.key, entry=entry, grid=_expected_grid(backbone), tokens=arrays["tokens"],
                        prefix=arrays["prefix"], image_index=np.asarray(arrays["image_index"][:]),
-                       attention=arrays.get("attention"))
+                       attention=arrays.get("attention"),
+                       patch_index=None if patch_index is None else np.asarray(patch_index[:]))
 
 
 def extract_scc_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, shift: int, *,

@@ -120,11 +120,14 @@ class Workbench:
         return self._once(("dataset", backbone, purpose), build)
 
     def tokens(self, backbone: str, purpose: str) -> Activations:
+        """Tokens of ``purpose``'s images; for "train", only the scale's ``train_patches_per_image`` per image."""
         model = self.backbone(backbone)  # weights first: a missing file skips before any data work
         data = self.dataset(backbone, purpose)
+        scale = self.scale(backbone)
+        patches = scale.train_patches_per_image if purpose == "train" else None
         return self._once(("tokens", backbone, purpose), lambda: extract_tokens(
-            model, data, self.store, batch_size=self.scale(backbone).batch_size, device=self.device,
-            progress=self.progress))
+            model, data, self.store, batch_size=scale.batch_size, device=self.device, progress=self.progress,
+            patches_per_image=patches, sample_seed=0))
 
     def scc_tokens(self, backbone: str, shift: int) -> SCCActivations:
         model = self.backbone(backbone)
