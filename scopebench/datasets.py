@@ -31,7 +31,8 @@ class DatasetUnavailable(FileNotFoundError):
 
 def _count(purpose: str, scale: BenchScale) -> int:
     if purpose.startswith("probe-"):
-        return getattr(scale, f"probe_{purpose.rsplit('-', 1)[1]}_images")
+        _, task, split = purpose.split("-")
+        return scale.probe_images(task, split)
     return {"train": scale.train_images, "eval": scale.eval_images, "scc": scale.scc_images,
             "attention": scale.attention_images}[purpose]
 
@@ -61,7 +62,8 @@ def bench_dataset(spec: BackboneSpec, purpose: str, scale: BenchScale, root: Pat
         seed = _SCENE_SEEDS[f"probe-{split}" if purpose.startswith("probe-") else split]
         return SyntheticScenes(n, image_size=spec.image_size, seed=seed)
     # probe val and test come from the same official split, disjoint: test starts after val
-    offset = scale.probe_val_images if purpose.startswith("probe-") and purpose.endswith("-test") else 0
+    offset = scale.probe_images(purpose.split("-")[1], "val") if purpose.startswith("probe-") and \
+        purpose.endswith("-test") else 0
     return _real_dataset(purpose, n, offset, data_root(root))
 
 
