@@ -21,7 +21,7 @@ from scipy.stats import rankdata
 from scopebench.backbones.planted import PlantedBackbone
 from scopebench.benchconfig import PLANTED_SCALE
 from scopebench.cache import ActivationStore
-from scopebench.probes.config import SegmentationConfig
+from scopebench.probes.config import DepthConfig, SegmentationConfig
 from scopebench.scc import square_resize
 from scopebench.workbench import Workbench
 
@@ -30,10 +30,8 @@ SAE = "batchtopk"
 
 # Small enough for a unit-test budget, large enough that the planted structure is learned:
 # with 300k training tokens from 400 images the TopK SAE's CDS-vs-truth AUROC fell to 0.77.
-# The segmentation probe uses one trial at a fixed learning rate: a single random-search
-# draw of the learning rate made mIoU swing by tens of points between seeds.  Depth is not
-# asserted: on planted scenes its removal effect (low- vs high-removed RMSE ratio 0.5-1.3
-# across probe seeds) is smaller than the probe's own seed noise.
+# The dense probes use one trial at a fixed learning rate: a single random-search draw of
+# the learning rate made mIoU swing by tens of points between seeds.
 PIPELINE_SCALE = PLANTED_SCALE.model_copy(update={
     "train_images": 600,
     "sae_overrides": {"expansion_factor": 8, "n_tokens": 600_000, "batch_size": 1024, "lr": 3e-3},
@@ -41,6 +39,7 @@ PIPELINE_SCALE = PLANTED_SCALE.model_copy(update={
     "probe_train_images": 160, "probe_val_images": 48, "probe_test_images": 96,
     "dense_target_size": 28,
     "segmentation": SegmentationConfig(epochs=6, trials=1, batch_size=32, lr_range=(1e-2, 1e-2), ignore_index=-1),
+    "depth": DepthConfig(epochs=20, trials=1, batch_size=32, lr_range=(0.3, 0.3), min_depth=0.5, max_depth=12.0),
 })
 
 
@@ -154,6 +153,20 @@ def test_outlier_attention_moves_more_under_shift(planted_workbench: Workbench, 
     assert result.outlier > 5 * result.non_outlier, result
 
 
-def test_removing_low_cds_group_hurts_segmentation_most(planted_workbench: Workbench) -> None:
-    seg = planted_workbench.probes(BACKBONE, SAE, "seg")
-    assert seg["seg_miou_low_removed"] < seg["seg_miou_high_removed"] - 5.0, seg
+@pytest.mark.parametrize("sae_name", ["batchtopk", "topk"])
+def test_removing_low_cds_group_hurts_segmentation_most(planted_workbench: Workbench, sae_name: str) -> None:
+    seg = planted_workbench.probes(BACKBONE, sae_name, "seg")
+    low_harm = seg["seg_miou_original"] - seg["seg_miou_low_removed"]
+    high_harm = seg["seg_miou_original"] - seg["seg_miou_high_removed"]
+    assert low_harm > 20.0 and low_harm > 3 * high_harm, seg
+
+
+def test_removing_low_cds_group_hurts_depth_most(planted_workbench: Workbench) -> None:
+    """TopK only: BatchTopK spreads each outlier over ~130 features whose decoder rows mix in
+    local directions, so removing them leaves large local-subspace residue at the outlier
+    positions, which costs depth about as much as removing the local group (at this scale;
+    at the bench scale the claim holds for BatchTopK too, narrowly)."""
+    depth = planted_workbench.probes(BACKBONE, "topk", "depth")
+    low_harm = depth["depth_rmse_low_removed"] - depth["depth_rmse_original"]
+    high_harm = depth["depth_rmse_high_removed"] - depth["depth_rmse_original"]
+    assert low_harm > 0.1 and low_harm > 3 * high_harm, depth
