@@ -21,7 +21,7 @@ from scopebench.sae.safetensors_io import read_safetensors
 from scopebench.sae.sampling import PatchTokenSampler
 
 # Bump when a change to training alters the SAE it produces: cached SAEs are keyed by it.
-TRAINER_VERSION = 2  # 2: BatchTopK threshold calibrated after training
+TRAINER_VERSION = 3  # 2: BatchTopK threshold calibrated after training; 3: small encoder at init
 SAE_DIR = "sae"
 LOSS_LOG_FILE = "loss_log.json"
 STATE_DIR = "train_state"
