@@ -161,12 +161,9 @@ def test_removing_low_cds_group_hurts_segmentation_most(planted_workbench: Workb
     assert low_harm > 20.0 and low_harm > 3 * high_harm, seg
 
 
-def test_removing_low_cds_group_hurts_depth_most(planted_workbench: Workbench) -> None:
-    """TopK only: BatchTopK spreads each outlier over ~130 features whose decoder rows mix in
-    local directions, so removing them leaves large local-subspace residue at the outlier
-    positions, which costs depth about as much as removing the local group (at this scale;
-    at the bench scale the claim holds for BatchTopK too, narrowly)."""
-    depth = planted_workbench.probes(BACKBONE, "topk", "depth")
+@pytest.mark.parametrize("sae_name", ["batchtopk", "topk"])
+def test_removing_low_cds_group_hurts_depth_most(planted_workbench: Workbench, sae_name: str) -> None:
+    depth = planted_workbench.probes(BACKBONE, sae_name, "depth")
     low_harm = depth["depth_rmse_low_removed"] - depth["depth_rmse_original"]
     high_harm = depth["depth_rmse_high_removed"] - depth["depth_rmse_original"]
     assert low_harm > 0.1 and low_harm > 3 * high_harm, depth
