@@ -29,8 +29,8 @@ Speed (bench/perf/test_emd_perf.py, 2,000 pairs on a 13x13 grid, vs a loop over 
 measured while two other jobs kept both cores busy): sparse SAE-like maps 9-13x, dense
 attention-like maps 6.3-7.9x (4.8x before the neighbour folding and the node order, same
 conditions, same run).  Dense pairs are bound by the network simplex itself: ~67 x 67 residual
-cells and ~310 pivots per LP, ~0.45 ms of CPU each (was ~0.65 ms).  On idle cores the thread
-pool roughly doubles throughput: before these changes the dense ratio was 10.8x idle.
+cells and ~310 pivots per LP, ~0.45 ms of CPU each (was ~0.65 ms).  On an otherwise idle
+2-core machine, where the thread pool gets both cores: sparse 9.9x, dense 10.4x.
 Tried and slower: POT's sparse-arc solver (k-nearest arcs + dual check, and radius arcs plus
 a north-west-corner plan for feasibility), block-diagonal batching of small LPs, ``emd_c``'s
 warm-start potentials (4x fewer pivots even from the exact potentials, but building its start
