@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scopebench.codes import load_rows
+from scopebench.codes import TokenArray, load_rows
 from scopebench.data.base import ImageDataset
 from scopebench.partition import Partition
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
@@ -71,7 +71,7 @@ def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
     return torch.stack(values)
 
 
-def _edited_and_propagated(tokens: np.ndarray, prefix: np.ndarray, sae: SparseAutoencoder, group: np.ndarray,
+def _edited_and_propagated(tokens: TokenArray, prefix: TokenArray, sae: SparseAutoencoder, group: np.ndarray,
                            propagate: Propagate, device: torch.device) -> torch.Tensor:
     """Patch tokens with ``group`` removed at the SAE layer, then run through the remaining blocks (on CPU)."""
     out = []
@@ -136,6 +136,10 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
     if task == "seg":
         valid = torch.cat([t[t != config.ignore_index] for t in targets.values()])
         n_classes = int(valid.max()) + 1
+    else:
+        # the CLS token is never edited; without one, the mean original patch token stands in
+        global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
+                         for s in SPLITS}
     out = {}
     standardizer = None
     for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
@@ -143,7 +147,7 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         if propagate is None:
             edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
         else:
-            edited = {s: _grid_tokens(_edited_and_propagated(inputs[s].tokens, inputs[s].prefix, sae, group,
+            edited = {s: _grid_tokens(_edited_and_propagated(originals[s], inputs[s].prefix, sae, group,
                                                              propagate, device)) for s in SPLITS}
         if task == "seg":
             splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
@@ -152,9 +156,6 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
                                               progress=progress, standardizer=standardizer)
             out[f"seg_miou_{embedding}"] = 100.0 * float(result.test_metric)
         else:
-            # the CLS token is never edited; without one, the mean original patch token stands in
-            global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
-                             for s in SPLITS}
             splits = [DepthSplit(edited[s], global_tokens[s], targets[s]) for s in SPLITS]
             standardizer = standardizer or fit_depth_standardize(splits[0])
             result = train_depth_probe(*splits, config=config, device=device, progress=progress,

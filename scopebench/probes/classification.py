@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scopebench.probes.config import ClassificationConfig
-from scopebench.probes.standardize import Standardize, fit_standardize
+from scopebench.probes.standardize import Standardize, fit_standardize, probe_standardize
 from scopebench.probes.trainer import Batch, ProbeResult, random_search, seeded_linear
 
 
@@ -45,10 +45,8 @@ class ClassificationTask:
                  standardizer: Standardize | None = None) -> None:
         self.n_classes = n_classes
         self.dim = train.features.shape[1]
-        if not standardize:
-            self.standardize = Standardize.identity(self.dim)
-        else:
-            self.standardize = standardizer or fit_standardize(train.features)
+        self.standardize = probe_standardize(standardize, self.dim, standardizer,
+                                             lambda: fit_standardize(train.features))
 
     def build(self, generator: torch.Generator) -> nn.Module:
         return nn.Sequential(self.standardize, seeded_linear(self.dim, self.n_classes, generator))

@@ -22,7 +22,7 @@ from torch import nn
 
 from scopebench.probes.config import DepthConfig
 from scopebench.probes.metrics import per_image_rmse, scale_invariant_loss
-from scopebench.probes.standardize import Standardize, fit_standardize
+from scopebench.probes.standardize import Standardize, fit_standardize, probe_standardize
 from scopebench.probes.trainer import Batch, ProbeResult, random_search, seeded_linear
 
 
@@ -100,10 +100,8 @@ class DepthTask:
     def __init__(self, train: DepthSplit, config: DepthConfig, standardizer: Standardize | None = None) -> None:
         self.config = config
         self.dim = 2 * train.tokens.shape[-1]
-        if not config.standardize:
-            self.standardize = Standardize.identity(self.dim)
-        else:
-            self.standardize = standardizer or fit_depth_standardize(train)
+        self.standardize = probe_standardize(config.standardize, self.dim, standardizer,
+                                             lambda: fit_depth_standardize(train))
 
     def build(self, generator: torch.Generator) -> nn.Module:
         linear = seeded_linear(self.dim, self.config.n_bins, generator)

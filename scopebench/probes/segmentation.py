@@ -15,7 +15,7 @@ from torch import nn
 
 from scopebench.probes.config import SegmentationConfig
 from scopebench.probes.metrics import confusion_matrix, miou_from_confusion
-from scopebench.probes.standardize import Standardize, fit_standardize
+from scopebench.probes.standardize import Standardize, fit_standardize, probe_standardize
 from scopebench.probes.trainer import Batch, ProbeResult, random_search, seeded_linear
 
 
@@ -65,10 +65,8 @@ class SegmentationTask:
         self.n_classes = n_classes
         self.ignore_index = config.ignore_index
         self.dim = train.tokens.shape[-1]
-        if not config.standardize:
-            self.standardize = Standardize.identity(self.dim)
-        else:
-            self.standardize = standardizer or fit_standardize(train.tokens)
+        self.standardize = probe_standardize(config.standardize, self.dim, standardizer,
+                                             lambda: fit_standardize(train.tokens))
 
     def build(self, generator: torch.Generator) -> nn.Module:
         return PatchClassifier(self.standardize, seeded_linear(self.dim, self.n_classes, generator))

@@ -13,6 +13,8 @@ which still follows the removed content) back up to unit variance and undo the r
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -31,6 +33,14 @@ class Standardize(nn.Module):
     @classmethod
     def identity(cls, dim: int) -> Standardize:
         return cls(torch.zeros(dim), torch.ones(dim))
+
+
+def probe_standardize(enabled: bool, dim: int, given: Standardize | None,
+                      fit: Callable[[], Standardize]) -> Standardize:
+    """A probe's input map: identity when disabled, else ``given``, else ``fit()`` on its training split."""
+    if not enabled:
+        return Standardize.identity(dim)
+    return given or fit()
 
 
 def fit_standardize(features: torch.Tensor, chunk_rows: int = 256) -> Standardize:
