@@ -311,3 +311,13 @@ def test_distinct_rows_and_supports_match_numpy() -> None:
         assert sorted(cells.tolist()) == np.flatnonzero(row).tolist()
         np.testing.assert_array_equal(mass, row[cells])
         assert (np.diff(mass) >= 0).all()  # light cells first: the node order the LP is fastest with
+
+
+def test_distinct_rows_never_merges_rows_that_differ_by_one_ulp() -> None:
+    base = np.random.default_rng(4).random(12)
+    nudged = base.copy()
+    nudged[5] = np.nextafter(nudged[5], 2.0)  # same fingerprint up to rounding, yet a different row
+    rows = np.stack([base, nudged, base, nudged, base])
+    unique, inverse = _distinct_rows(rows)
+    assert inverse.tolist() == [0, 1, 0, 1, 0]
+    np.testing.assert_array_equal(unique[inverse], rows)
