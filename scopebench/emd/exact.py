@@ -203,24 +203,22 @@ def _solve_unique(residual_a: np.ndarray, residual_b: np.ndarray, cost: np.ndarr
 def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows (first occurrences, in order) and the index of each row among them.
 
-    Rows are sorted by a fingerprint (their dot product with a fixed random vector), and a row
-    joins the group before it only if it equals that group's last row exactly, so grouping never
-    merges different rows; at worst a rare fingerprint tie splits equal rows into two groups,
-    which costs one extra LP.  Several times cheaper than hashing each row's bytes or
-    ``np.unique(axis=0)``'s lexsort.
+    Rows are grouped by a fingerprint (their dot product with a fixed random vector), several
+    times cheaper than hashing each row's bytes or ``np.unique(axis=0)``'s lexsort.  Every group
+    is then checked row by row; if two different rows share a fingerprint (rare: e.g. rows one
+    ulp apart) the bytes are hashed instead, so different rows are never merged.
     """
     fingerprint = rows @ np.random.default_rng(0).random(rows.shape[1])
-    order = np.argsort(fingerprint, kind="stable")  # equal rows stay in order of appearance
-    ranked = rows[order]
-    repeats = (fingerprint[order][1:] == fingerprint[order][:-1]) & (ranked[1:] == ranked[:-1]).all(axis=1)
-    group_of_ranked = np.concatenate([[0], np.cumsum(~repeats)])
-    first = order[np.concatenate([[0], np.flatnonzero(~repeats) + 1])]  # each group's first row
+    _, first, group = np.unique(fingerprint, return_index=True, return_inverse=True)
+    if not (rows == rows[first[group]]).all():
+        slot_of: dict[bytes, int] = {}
+        group = np.fromiter((slot_of.setdefault(row.tobytes(), len(slot_of)) for row in rows),
+                            dtype=np.intp, count=len(rows))
+        _, first = np.unique(group, return_index=True)
     by_appearance = np.argsort(first)
     slot = np.empty_like(by_appearance)
     slot[by_appearance] = np.arange(len(first))
-    inverse = np.empty(len(rows), dtype=np.intp)
-    inverse[order] = slot[group_of_ranked]
-    return rows[first[by_appearance]], inverse
+    return rows[first[by_appearance]], slot[group.reshape(-1)]
 
 
 def _supports(histograms: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
