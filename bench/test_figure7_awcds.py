@@ -19,4 +19,4 @@ def test_figure7_awcds_by_norm(workbench, backbone, sae_name, claim_report, plot
                        title=f"awCDS, {backbone} / {sae_name}")
     verdict = claim_report.check("figure7.awcds-peaks-at-high-norm", backbone=backbone, sae=sae_name,
                                  measured=measured)
-    assert verdict.passed, verdict.detail
+    claim_report.assert_held(verdict)

@@ -17,8 +17,7 @@ def _measure_and_check(workbench, claim_report, backbone, sae_name, table, tasks
     claim_report.measure(backbone=backbone, sae=sae_name, table=table, values=values)
     verdicts = [claim_report.check(f"{table}.{claim}", backbone=backbone, sae=sae_name,
                                    measured={k: values[k] for k in COMPARED[claim]}) for claim in claims]
-    failed = [v.detail for v in verdicts if not v.passed]
-    assert not failed, failed
+    claim_report.assert_held(*verdicts)
 
 
 @pytest.mark.claim("table3.seg-low-removal-hurts-more")

@@ -21,4 +21,4 @@ def test_table4_cds_partition(workbench, backbone, sae_name, claim_report, plots
                        title=f"CDS, {backbone} / {sae_name}")
     verdict = claim_report.check("table4.high-cds-minority", backbone=backbone, sae=sae_name,
                                  measured={"n_high": groups.n_high, "n_low": groups.n_low})
-    assert verdict.passed, verdict.detail
+    claim_report.assert_held(verdict)

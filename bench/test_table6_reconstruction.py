@@ -31,5 +31,4 @@ def test_table6_reconstruction(workbench, backbone, sae_name, claim_report):
                              measured={"fvu_o": values["fvu_o"], "fvu_a": values["fvu_a"]})
     cos = claim_report.check("table6.outliers-cosine-higher", backbone=backbone, sae=sae_name,
                              measured={"cs_o": values["cs_o"], "cs_a": values["cs_a"]})
-    assert fvu.passed, fvu.detail
-    assert cos.passed, cos.detail
+    claim_report.assert_held(fvu, cos)

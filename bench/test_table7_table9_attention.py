@@ -21,7 +21,7 @@ def test_table7_attention_emd(workbench, backbone, claim_report):
     measured = _measure(workbench, backbone, [1])
     claim_report.measure(backbone=backbone, sae="-", table="table7", values=measured)
     verdict = claim_report.check("table7.outlier-attention-unstable", backbone=backbone, sae="-", measured=measured)
-    assert verdict.passed, verdict.detail
+    claim_report.assert_held(verdict)
 
 
 @pytest.mark.claim("table9.outlier-attention-unstable-every-shift")
@@ -34,4 +34,4 @@ def test_table9_attention_emd_every_shift(workbench, backbone, claim_report, plo
                                 plots_dir / f"table9-attention-emd-{backbone}.png", title=backbone)
     verdict = claim_report.check("table9.outlier-attention-unstable-every-shift", backbone=backbone, sae="-",
                                  measured=measured)
-    assert verdict.passed, verdict.detail
+    claim_report.assert_held(verdict)

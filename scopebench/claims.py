@@ -145,6 +145,12 @@ class Verdict(BaseModel):
 
     passed: bool
     detail: str
+    exemption: str | None = None  # why the SAE it was checked on need not satisfy the claim
+
+    @property
+    def expected_failure(self) -> bool:
+        """Failed, on an SAE the claim exempts: reported (XFAIL), not a failing run."""
+        return not self.passed and self.exemption is not None
 
 
 class Claim(BaseModel):
@@ -160,6 +166,10 @@ class Claim(BaseModel):
     relation: Relation
     tolerance: float = 0.0
     paper_values: dict[str, dict[str, float]] = {}  # backbone -> quantity key -> value
+    # SAE variant -> why the paper's claim is not expected of it (a mechanism, not a measured
+    # outcome).  Its verdict is still computed, shown and stored; a failure is an expected
+    # failure (pytest xfail) and a pass an unexpected pass (XPASS), neither fails the run.
+    exempt_saes: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _known_quantities(self) -> Claim:
@@ -186,11 +196,11 @@ def _paper_subset(table: str, quantities: tuple[str, ...]) -> dict[str, dict[str
 
 
 def _claim(id: str, source: str, table: str, statement: str, backbones: tuple[str, ...], relation: Relation,
-           tolerance: float = 0.0) -> Claim:
+           tolerance: float = 0.0, exempt_saes: dict[str, str] | None = None) -> Claim:
     """A claim on ``backbones`` and on the planted instrument, which is built to show every phenomenon."""
     paper = _paper_subset(table, (relation.a, relation.b))
     return Claim(id=id, source=source, table=table, statement=statement, backbones=backbones + (PLANTED,),
-                 relation=relation, tolerance=tolerance, paper_values=paper)
+                 relation=relation, tolerance=tolerance, paper_values=paper, exempt_saes=exempt_saes or {})
 
 
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
@@ -201,7 +211,10 @@ _OTHERS = tuple(n for n in _ALL_REAL if n not in _CLIP)
 CLAIMS: tuple[Claim, ...] = (
     _claim("table6.outliers-reconstructed-better", "Table 6", "table6",
            "The SAE reconstructs outlier tokens with no more unexplained variance than tokens overall.",
-           _ALL_REAL, Relation(a="fvu_o", op="<=", b="fvu_a")),
+           _ALL_REAL, Relation(a="fvu_o", op="<=", b="fvu_a"),
+           exempt_saes={"topk": "TopK gives every token exactly k latents, so the few high-norm outlier tokens "
+                                "get no more capacity than any other token; the paper's BatchTopK selects the "
+                                "top k x batch activations across the batch and lets outliers take more"}),
     _claim("table6.outliers-cosine-higher", "Table 6", "table6",
            "Reconstructions of outlier tokens point in the token's direction at least as well as for all tokens.",
            _ALL_REAL, Relation(a="cs_o", op=">=", b="cs_a")),

@@ -38,9 +38,12 @@ def _groups(record: ResultRecord) -> str:
 
 
 def _claims(record: ResultRecord) -> str:
+    """Claims held / checked, plus how many of the failures the claims exempt this SAE from."""
     if not record.claims:
         return ""
-    return f"{sum(v.passed for v in record.claims.values())}/{len(record.claims)}"
+    held = sum(v.passed for v in record.claims.values())
+    expected = sum(not v.passed and v.exemption is not None for v in record.claims.values())
+    return f"{held}/{len(record.claims)}" + (f" ({expected} xfail)" if expected else "")
 
 
 #: Leaderboard column -> how to read it from a record. Probe deltas are

@@ -75,6 +75,7 @@ class ClaimVerdict(BaseModel):
     source: str
     measured: dict[str, Measurement]
     paper: dict[str, float] = Field(default_factory=dict)
+    exemption: str | None = None  # why this SAE need not satisfy the claim (a failure is then expected)
 
     @field_validator("measured", mode="before")
     @classmethod

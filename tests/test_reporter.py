@@ -162,3 +162,51 @@ def test_unserialisable_config(claim_report):
                                  "allowed keys: fvu_normalisation, cds_k, cds_shift*"])
     result.stdout.fnmatch_lines(["*sae_config=...) must be JSON-serialisable*"])
     assert not (pytester.path / "leaderboard").exists()  # nothing was recorded, so nothing is written
+
+
+EXEMPT_BENCH = '''
+def _table6(claim_report, sae, fvu_o, cs_o):
+    fvu = claim_report.check("table6.outliers-reconstructed-better", backbone="planted", sae=sae,
+                             measured={"fvu_o": fvu_o, "fvu_a": 0.001})
+    cos = claim_report.check("table6.outliers-cosine-higher", backbone="planted", sae=sae,
+                             measured={"cs_o": cs_o, "cs_a": 0.98})
+    claim_report.assert_held(fvu, cos)
+
+def test_exempt_failure(claim_report):
+    _table6(claim_report, "topk", fvu_o=0.003, cs_o=0.99)
+
+def test_exempt_claim_held(claim_report):
+    _table6(claim_report, "topk-wide", fvu_o=0.0005, cs_o=0.99)
+
+def test_exempt_failure_beside_a_real_one(claim_report):
+    _table6(claim_report, "topk", fvu_o=0.003, cs_o=0.5)
+
+def test_same_failure_on_the_papers_sae(claim_report):
+    _table6(claim_report, "batchtopk", fvu_o=0.003, cs_o=0.99)
+'''
+
+
+def test_exempt_sae_failure_is_an_expected_failure_and_only_that(pytester: pytest.Pytester) -> None:
+    from scopebench.claims import get_claim
+
+    assert "topk" in get_claim("table6.outliers-reconstructed-better").exempt_saes
+    assert not get_claim("table6.outliers-cosine-higher").exempt_saes
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_exempt=EXEMPT_BENCH)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "exempt_failure and not beside")
+    result.assert_outcomes(xfailed=1)
+    assert result.ret == 0  # an exempted failure alone does not fail the run
+    table = result.outlines[next(i for i, line in enumerate(result.outlines) if "scopebench claims" in line) + 1:]
+    rows = [line for line in table if line.startswith("test_exempt_failure ")]
+    assert [line.split()[-1] for line in rows] == ["XFAIL", "PASS"]
+    result.stdout.fnmatch_lines(["XFAIL *test_exempt_failure*fvu_o=0.003*not expected of topk: TopK gives every token*"])
+    stored = json.loads((pytester.path / "leaderboard" / "results" / "planted__topk.json").read_text())["claims"]
+    assert stored["table6.outliers-reconstructed-better"]["passed"] is False
+    assert stored["table6.outliers-reconstructed-better"]["exemption"].startswith("TopK gives every token")
+    assert stored["table6.outliers-cosine-higher"]["exemption"] is None
+    board_row = next(line for line in result.outlines if line.startswith("planted ") and " topk " in line)
+    assert "1/2 (1 xfail)" in board_row
+
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-results")
+    result.assert_outcomes(passed=1, xfailed=1, failed=2)  # the exemption is per claim and per SAE
+    result.stdout.fnmatch_lines(["FAIL *beside_a_real_one*cs_o=0.5*", "FAIL *papers_sae*fvu_o=0.003*"])
