@@ -8,6 +8,12 @@ root (``--data-root`` or ``$SCOPEBENCH_DATA``)::
     <root>/imagenet/{train,val}/<wnid>/*.JPEG
     <root>/ade20k/ADEChallengeData2016/{images,annotations}/{training,validation}/
     <root>/nyud/{train,test}/{rgb,depth}/<name>.png
+
+Probe splits on real data: validation is a seeded part of the task's *training* split
+(ImageNet train, ADE20K training, NYUd train), probe training takes the rest of that split
+up to its count, and test is the task's evaluation split (ImageNet val, ADE20K validation,
+NYUd test), whole when it holds no more images than asked.  So the three never overlap, and
+the small evaluation splits of ADE20K (2,000) and NYUd (654) are used in full for test.
 """
 from __future__ import annotations
 
@@ -61,37 +67,63 @@ def bench_dataset(spec: BackboneSpec, purpose: str, scale: BenchScale, root: Pat
         split = purpose.rsplit("-", 1)[1] if purpose.startswith("probe-") else purpose
         seed = _SCENE_SEEDS[f"probe-{split}" if purpose.startswith("probe-") else split]
         return SyntheticScenes(n, image_size=spec.image_size, seed=seed)
-    # probe val and test come from the same official split, disjoint: test starts after val
-    offset = scale.probe_images(purpose.split("-")[1], "val") if purpose.startswith("probe-") and \
-        purpose.endswith("-test") else 0
-    return _real_dataset(purpose, n, offset, data_root(root))
+    root = data_root(root)
+    if purpose.startswith("probe-"):
+        _, task, split = purpose.split("-")
+        return _probe_split(task, split, scale, root)
+    return _stage_images(purpose, n, root)
 
 
-def _real_dataset(purpose: str, n: int, offset: int, root: Path | None) -> ImageDataset:
+def _open(purpose: str, root: Path | None, task: str, evaluation: bool) -> ImageDataset:
+    """The training (``evaluation=False``) or evaluation split of ``task``'s real dataset."""
     from scopebench.data import ADE20K, ImageNet, NYUDepthV2
-    from scopebench.data.sampling import one_per_class, subset
 
     if root is None:
         raise DatasetUnavailable(
             f"the bench stage {purpose!r} needs real images: pass --data-root DIR (or set SCOPEBENCH_DATA) "
             f"holding imagenet/, ade20k/ and nyud/ as described in scopebench/datasets.py")
-    task = purpose.split("-")[1] if purpose.startswith("probe-") else "cls"
-    split = purpose.rsplit("-", 1)[1] if purpose.startswith("probe-") else None
     try:
         if task == "seg":
-            data = ADE20K(root / "ade20k" / "ADEChallengeData2016", "training" if split == "train" else "validation")
-        elif task == "depth":
-            data = NYUDepthV2(root / "nyud", "train" if split == "train" else "test")
-        elif purpose in ("scc", "attention"):
-            return one_per_class(ImageNet(root / "imagenet", "val"), n, seed=0)
-        else:
-            data = ImageNet(root / "imagenet", "train" if purpose in ("train", "probe-cls-train") else "val")
+            return ADE20K(root / "ade20k" / "ADEChallengeData2016", "validation" if evaluation else "training")
+        if task == "depth":
+            return NYUDepthV2(root / "nyud", "test" if evaluation else "train")
+        return ImageNet(root / "imagenet", "val" if evaluation else "train")
     except FileNotFoundError as err:
         raise DatasetUnavailable(f"bench stage {purpose!r}: {err}") from None
-    if offset == 0 and len(data) <= n:
-        return data
-    chosen = np.random.default_rng(0).permutation(len(data))[offset : offset + n]
-    if len(chosen) == 0:
-        raise DatasetUnavailable(f"bench stage {purpose!r}: the split has {len(data)} images, fewer than the "
-                                 f"{offset} already used for validation")
+
+
+def _stage_images(purpose: str, n: int, root: Path | None) -> ImageDataset:
+    """SAE training images from ImageNet train; eval from ImageNet val; SCC and attention one per class."""
+    from scopebench.data.sampling import one_per_class
+
+    data = _open(purpose, root, "cls", evaluation=purpose != "train")
+    if purpose in ("scc", "attention"):
+        return one_per_class(data, n, seed=0)
+    return _seeded_subset(data, n)
+
+
+def _probe_split(task: str, split: str, scale: BenchScale, root: Path | None) -> ImageDataset:
+    purpose = f"probe-{task}-{split}"
+    n = scale.probe_images(task, split)
+    if split == "test":
+        return _seeded_subset(_open(purpose, root, task, evaluation=True), n)
+    from scopebench.data.sampling import subset
+
+    data = _open(purpose, root, task, evaluation=False)
+    n_val = scale.probe_images(task, "val")
+    if len(data) <= n_val:
+        raise ValueError(f"bench stage {purpose!r}: the {task} training split has {len(data)} images, too few "
+                         f"to hold out {n_val} for validation and train the probe on the rest; use the full "
+                         f"dataset, or a BenchScale with a smaller validation count in task_probe_images[{task!r}]")
+    order = np.random.default_rng(0).permutation(len(data))
+    chosen = order[:n_val] if split == "val" else order[n_val : n_val + n]
     return subset(data, np.sort(chosen))
+
+
+def _seeded_subset(data: ImageDataset, n: int) -> ImageDataset:
+    """All of ``data`` when it holds at most ``n`` images, else a seeded random ``n`` of them (in index order)."""
+    from scopebench.data.sampling import subset
+
+    if len(data) <= n:
+        return data
+    return subset(data, np.sort(np.random.default_rng(0).permutation(len(data))[:n]))

@@ -1,23 +1,83 @@
 """Per-task probe image counts of a bench scale and the datasets they produce."""
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+import scopebench.data as data_module
 from scopebench.backbones.registry import get_spec
 from scopebench.benchconfig import PAPER_SCALE, PLANTED_SCALE
+from scopebench.data.sampling import Subset
 from scopebench.datasets import bench_dataset
 
 
 @pytest.mark.parametrize("split, index", [("train", 0), ("val", 1), ("test", 2)])
 def test_classification_probe_has_its_own_counts_on_the_planted_default(split: str, index: int) -> None:
     planted = get_spec("planted")
-    assert len(bench_dataset(planted, f"probe-cls-{split}", PLANTED_SCALE, None)) == PLANTED_SCALE.cls_probe_images[index]
+    cls_counts = PLANTED_SCALE.task_probe_images["cls"]
+    assert len(bench_dataset(planted, f"probe-cls-{split}", PLANTED_SCALE, None)) == cls_counts[index]
     dense = (PLANTED_SCALE.probe_train_images, PLANTED_SCALE.probe_val_images, PLANTED_SCALE.probe_test_images)
     for task in ("seg", "depth"):
         assert len(bench_dataset(planted, f"probe-{task}-{split}", PLANTED_SCALE, None)) == dense[index]
 
 
-def test_without_per_task_counts_every_probe_uses_the_shared_ones() -> None:
-    assert PAPER_SCALE.cls_probe_images is None
-    assert [PAPER_SCALE.probe_images(task, "test") for task in ("cls", "seg", "depth")] == \
-        [PAPER_SCALE.probe_test_images] * 3
+def test_task_counts_name_known_tasks_and_positive_counts() -> None:
+    with pytest.raises(ValidationError, match="unknown task"):
+        PLANTED_SCALE.model_validate({**PLANTED_SCALE.model_dump(), "task_probe_images": {"segm": (1, 1, 1)}})
+    with pytest.raises(ValidationError, match="must be > 0"):
+        PLANTED_SCALE.model_validate({**PLANTED_SCALE.model_dump(), "task_probe_images": {"seg": (10, 0, 5)}})
+
+
+class _OfficialSplit:
+    """Stands in for a real dataset split: only its size and identity matter to the split logic."""
+
+    SIZES = {("imagenet", "train"): 1_281_167, ("imagenet", "val"): 50_000,
+             ("ade20k", "training"): 20_210, ("ade20k", "validation"): 2_000,
+             ("nyud", "train"): 795, ("nyud", "test"): 654}
+
+    def __init__(self, root: Path, split: str) -> None:
+        self.name = "ade20k" if root.name == "ADEChallengeData2016" else root.name
+        self.split = split
+        self.identity = f"{self.name}:{split}"
+
+    def __len__(self) -> int:
+        return self.SIZES[(self.name, self.split)]
+
+
+@pytest.fixture
+def official_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for loader in ("ImageNet", "ADE20K", "NYUDepthV2"):
+        monkeypatch.setattr(data_module, loader, _OfficialSplit)
+
+
+def _indices(dataset) -> set[int]:
+    return set(dataset.indices) if isinstance(dataset, Subset) else set(range(len(dataset)))
+
+
+@pytest.mark.parametrize("backbone", ["clip-b16", "dinov2-b"])
+def test_paper_scale_probe_splits_are_disjoint_and_use_the_small_evaluation_splits_whole(
+        official_splits, backbone: str) -> None:
+    spec = get_spec(backbone)
+    root = Path("/data")
+    expected_test = {"cls": ("imagenet:val", 50_000), "seg": ("ade20k:validation", 2_000),
+                     "depth": ("nyud:test", 654)}
+    expected_train_split = {"cls": ("imagenet:train", 50_000), "seg": ("ade20k:training", 20_210 - 1_000),
+                            "depth": ("nyud:train", 795 - 80)}
+    for task in ("cls", "seg", "depth"):
+        train, val, test = (bench_dataset(spec, f"probe-{task}-{split}", PAPER_SCALE, root)
+                            for split in ("train", "val", "test"))
+        parent, n_test = expected_test[task]
+        assert test.identity.split("|")[0] == parent and len(test) == n_test
+        parent, n_train = expected_train_split[task]
+        assert train.identity.split("|")[0] == val.identity.split("|")[0] == parent
+        assert len(val) == PAPER_SCALE.probe_images(task, "val") and len(train) == n_train
+        assert not _indices(train) & _indices(val)  # validation is held out of the probe's training images
+
+
+def test_a_training_split_too_small_for_the_validation_part_is_an_error_naming_the_fix(
+        official_splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_OfficialSplit.SIZES, ("nyud", "train"), 60)
+    with pytest.raises(ValueError, match=r"has 60 images, too few to hold out 80 .*task_probe_images\['depth'\]"):
+        bench_dataset(get_spec("dinov2-b"), "probe-depth-train", PAPER_SCALE, Path("/data"))
