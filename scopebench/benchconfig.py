@@ -76,10 +76,12 @@ PLANTED_SCALE = BenchScale(
 )
 
 # Real backbones (a GPU runner): the paper's analysis sizes; probe epochs/trials are the paper's.
-# Only 4 patch tokens per training image are stored (the paper's SAE training set): all
-# 196-576 of them would take 60-236 GB for 100k images in float32 (30-118 GB in float16).
+# SAEs train on 4 random patch tokens of every ImageNet-1K training image, as in the paper:
+# 5.1M tokens, 1,251 steps of the recipes' 4,096-token batches.  Only those 4 tokens per image
+# are stored: 16-31 GB in float32 (d 768-1536); all 196-576 would take 49-144x more.
+IMAGENET_TRAIN_IMAGES = 1_281_167
 PAPER_SCALE = BenchScale(
-    train_images=100_000, train_patches_per_image=4, eval_images=5_000, scc_images=1_000, cds_k=10,
+    train_images=IMAGENET_TRAIN_IMAGES, train_patches_per_image=4, eval_images=5_000, scc_images=1_000, cds_k=10,
     attention_images=1_000,
     # validation is held out of each task's training split; test is its evaluation split:
     # ImageNet val (50,000), ADE20K validation (2,000), NYUd test (654, the labelled split)

@@ -7,7 +7,7 @@ the storage dtype, so a second call with the same inputs does no forward pass, a
 interrupted call resumes at the first shard not yet written.
 
 ``extract_tokens(..., patches_per_image=k)`` keeps only ``k`` random patch tokens per image
-(the paper's SAE training set: 4 per image of 100k images).  The positions are a pure
+(the paper's SAE training set: 4 per image of the 1.28M ImageNet-1K training images).  The positions are a pure
 function of ``(sample_seed, dataset index)``, so they do not depend on batch size, shard
 size or the point an interrupted run resumed from; they are stored beside the tokens.
 """

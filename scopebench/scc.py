@@ -66,15 +66,18 @@ def square_resize(images: torch.Tensor, size: int, interpolation: str = "bicubic
 def square_resize_map(target: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop a dense target ``[H, W]`` (labels or depth) to a square and resize it, nearest, to ``size``.
 
-    The same crop as :func:`square_resize` gives the images, so pixels stay aligned; values
-    are kept as they are (no clamping, no blending of labels or of invalid-depth zeros).
+    The same crop as :func:`square_resize` gives the images, and each output pixel takes the
+    source pixel under its centre (``nearest-exact``), as the images' centre-aligned resize
+    does, so pixels stay aligned (plain ``nearest`` samples each cell's top-left corner: up to
+    half an output pixel off).  Values are kept as they are (no clamping, no blending of
+    labels or of invalid-depth zeros).
     """
     if target.ndim != 2:
         raise ValueError(f"a dense target must be [H, W], got shape {tuple(target.shape)}")
     square = _centre_square(target)
     if square.shape[-1] == size:
         return square.contiguous()
-    out = F.interpolate(square[None, None].double(), size=(size, size), mode="nearest")[0, 0]
+    out = F.interpolate(square[None, None].double(), size=(size, size), mode="nearest-exact")[0, 0]
     return out.to(target.dtype)
 
 

@@ -122,5 +122,6 @@ def test_dense_targets_keep_labels_and_depths_beyond_pixel_range() -> None:
 
     depth = _targets(Scene(), "depth", 4)[0]
     labels = _targets(Scene(), "segmentation", 4)[0]
-    torch.testing.assert_close(depth, torch.linspace(0.5, 9.5, 64).reshape(8, 8)[::2, ::2])
-    assert labels.tolist() == (torch.arange(64).reshape(8, 8) % 5 - 1)[::2, ::2].tolist()
+    # halving keeps the pixel under each output cell's centre: rows and columns 1, 3, 5, 7
+    torch.testing.assert_close(depth, torch.linspace(0.5, 9.5, 64).reshape(8, 8)[1::2, 1::2])
+    assert labels.tolist() == (torch.arange(64).reshape(8, 8) % 5 - 1)[1::2, 1::2].tolist()

@@ -66,10 +66,11 @@ def test_bad_image_shape_is_explained():
 
 
 def test_square_resize_map_crops_like_the_images_and_keeps_values():
-    # 6 x 10 map: the centred square is columns 2..7; halving it keeps every other pixel
+    # 6 x 10 map: the centred square is columns 2..7; halving it keeps the pixel under each
+    # output cell's centre (source position 2i + 1), i.e. every other pixel starting at the second
     target = torch.arange(60, dtype=torch.float32).reshape(6, 10) * 0.5 + 3.0
     out = square_resize_map(target, 3)
-    torch.testing.assert_close(out, target[0::2, 2:8:2])
+    torch.testing.assert_close(out, target[1::2, 3:8:2])
     assert out.max() > 1.0  # depth and labels are not clamped like pixel values
     labels = torch.tensor([[7, 7, -1, -1], [7, 7, -1, -1], [250, 250, 2, 2], [250, 250, 2, 2]])
     assert square_resize_map(labels, 2).tolist() == [[7, -1], [250, 2]]
@@ -78,3 +79,12 @@ def test_square_resize_map_crops_like_the_images_and_keeps_values():
     torch.testing.assert_close(square_resize(images, 6), images[:, :, 2:8])  # same crop as the images
     with pytest.raises(ValueError, match=r"\[H, W\]"):
         square_resize_map(torch.zeros(1, 4, 4), 2)
+
+
+@pytest.mark.parametrize("source, size", [(112, 28), (480, 224), (683, 224), (10, 7)])
+def test_square_resize_map_samples_under_each_output_pixel_centre(source: int, size: int):
+    """Each output pixel must show the source pixel its centre falls in, as the centre-aligned image resize does."""
+    column = torch.arange(source, dtype=torch.float64).expand(source, source)  # value = source column index
+    out = square_resize_map(column, size)[0]
+    centre = (torch.arange(size, dtype=torch.float64) + 0.5) * source / size  # in source pixel units
+    assert ((out <= centre) & (centre < out + 1)).all(), (out, centre)
