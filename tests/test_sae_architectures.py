@@ -229,6 +229,18 @@ def test_matryoshka_prefix_losses_use_only_prefix_latents():
     assert loss.item() == pytest.approx(0.3 * fvu[10] + 0.7 * fvu[40], rel=1e-5)
 
 
+def test_matryoshka_group_fractions_must_increase_to_the_whole_dictionary():
+    from scopebench.sae.recipe import parse_recipe
+
+    base = {"architecture": "matryoshka", "k": 4}
+    for bad in ([1.0, 0.25], [0.25, 0.5], [0.25, 0.25, 1.0]):
+        with pytest.raises(ValueError, match="strictly increase"):
+            parse_recipe({**base, "group_fractions": bad})
+    with pytest.raises(ValueError, match="round to the same size"):  # distinct fractions, same prefix of 40
+        _sae("matryoshka", group_fractions=[0.5, 0.51, 1.0]).prefix_sizes
+    assert _sae("matryoshka", group_fractions=[0.25, 0.5, 1.0]).prefix_sizes == [10, 20, 40]
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_folding_the_input_scale_gives_the_same_reconstruction_on_raw_inputs(arch):
     sae = _sae(arch)

@@ -111,8 +111,13 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     @property
     def prefix_sizes(self) -> list[int]:
+        """One prefix size per entry of ``group_fractions``, in that order (so ``group_weights`` line up)."""
         fractions = self.hparams.get("group_fractions", [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0])
-        sizes = sorted({max(1, round(f * self.d_sae)) for f in fractions} | {self.d_sae})
+        sizes = [max(1, round(f * self.d_sae)) for f in fractions]
+        if sizes[-1] != self.d_sae or any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"group_fractions {fractions} give prefix sizes {sizes} for d_sae={self.d_sae}: they "
+                             "must strictly increase and end at d_sae (fraction 1.0); drop fractions that round "
+                             "to the same size")
         return sizes
 
     def training_loss(self, x, dead):

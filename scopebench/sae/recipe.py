@@ -47,8 +47,11 @@ class SAERecipe(BaseModel):
 
     @model_validator(mode="after")
     def _check_groups(self) -> SAERecipe:
-        if any(not 0 < f <= 1 for f in self.group_fractions):
-            raise ValueError(f"group_fractions must lie in (0, 1], got {self.group_fractions}")
+        fractions = self.group_fractions
+        if not fractions or any(not 0 < f <= 1 for f in fractions) or fractions[-1] != 1.0 or \
+                any(b <= a for a, b in zip(fractions, fractions[1:])):
+            raise ValueError(f"group_fractions must strictly increase within (0, 1] and end at 1.0 (the whole "
+                             f"dictionary), got {fractions}; e.g. [0.0625, 0.125, 0.25, 0.5, 1.0]")
         if self.group_weights is not None and len(self.group_weights) != len(self.group_fractions):
             raise ValueError("group_weights must have one weight per entry of group_fractions")
         return self
