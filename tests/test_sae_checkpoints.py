@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import textwrap
@@ -234,7 +235,8 @@ def test_overcomplete_state_dict(tmp_path, dictionary_key):
     state = {
         "encoder.final_block.0.weight": torch.randn(D_SAE, D_IN, generator=g),
         "encoder.final_block.0.bias": torch.randn(D_SAE, generator=g),
-        dictionary_key: torch.randn(D_SAE, D_IN, generator=g),
+        dictionary_key: torch.randn(D_SAE, D_IN, generator=g) * 3.0,  # rows far from unit norm
+        "dictionary.multiplier": torch.tensor(0.4),  # use_multiplier=True
     }
     torch.save(state, tmp_path / "sae.pt")
     sae = load_sae({"format": "overcomplete", "path": str(tmp_path / "sae.pt"), "top_k": 4})
@@ -243,7 +245,16 @@ def test_overcomplete_state_dict(tmp_path, dictionary_key):
     top = pre.topk(4, dim=1)
     codes = torch.zeros_like(pre).scatter(1, top.indices, top.values)
     torch.testing.assert_close(sae.encode(x), codes)
-    torch.testing.assert_close(sae.decode(codes), codes @ state[dictionary_key])
+    rows = state[dictionary_key]
+    if dictionary_key == "dictionary._weights":  # overcomplete decodes with l2-normalised rows x exp(multiplier)
+        rows = rows / rows.norm(dim=1, keepdim=True) * math.exp(0.4)
+    torch.testing.assert_close(sae.decode(codes), codes @ rows)
+    identity = load_sae({"format": "overcomplete", "path": str(tmp_path / "sae.pt"), "top_k": 4,
+                         "dictionary_normalization": "identity"})
+    if dictionary_key == "dictionary._weights":
+        torch.testing.assert_close(identity.decode(codes), codes @ state[dictionary_key] * math.exp(0.4))
+        with pytest.raises(ValueError, match="unknown overcomplete dictionary_normalization 'l3'"):
+            load_sae({"format": "overcomplete", "path": str(tmp_path / "sae.pt"), "dictionary_normalization": "l3"})
     torch.save({"something.else": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="looked for encoder"):
         load_sae({"format": "overcomplete", "path": str(tmp_path / "other.pt")})

@@ -117,9 +117,40 @@ def load_dictionary_learning(folder: Path) -> ForeignSAE:
 
 
 # --- overcomplete: a TopKSAE/SAE state dict with a linear encoder; no config file exists,
-# so the spec supplies top_k:  {"format": "overcomplete", "path": ..., "top_k": 30}
+# so the spec supplies top_k (and the DictionaryLayer's normalization when not "l2"):
+#   {"format": "overcomplete", "path": ..., "top_k": 30, "dictionary_normalization": "l2"}
 _OVERCOMPLETE_ENCODER = (("encoder.weight", "encoder.bias"), ("encoder.final_block.0.weight", "encoder.final_block.0.bias"))
 _OVERCOMPLETE_DICTIONARY = ("dictionary._weights", "dictionary.dictionary")
+
+
+def _rows_over(norms: torch.Tensor, largest: bool) -> torch.Tensor:
+    return norms.amax(dim=0, keepdim=True) if largest else norms + 1e-8
+
+
+# overcomplete's DictionaryLayer normalisations of its [n_concepts, d] weights, by name
+_OVERCOMPLETE_NORMALIZATIONS = {
+    "l2": lambda w: w / _rows_over(w.norm(p=2, dim=1, keepdim=True), largest=False),
+    "max_l2": lambda w: w / _rows_over(w.norm(p=2, dim=1, keepdim=True), largest=True),
+    "l1": lambda w: w / _rows_over(w.norm(p=1, dim=1, keepdim=True), largest=False),
+    "max_l1": lambda w: w / _rows_over(w.norm(p=1, dim=1, keepdim=True), largest=True),
+    "identity": lambda w: w,
+}
+
+
+def _overcomplete_dictionary(state: dict[str, torch.Tensor], key: str, normalization: str, path: Path) -> torch.Tensor:
+    """The decoder overcomplete uses: normalization(_weights) * exp(multiplier).
+
+    ``_weights`` is only normalised in place while training, so a state dict saved between an
+    optimiser step and ``.eval()`` holds un-normalised rows; the multiplier (``use_multiplier``)
+    is stored beside them.  An older ``dictionary.dictionary`` key is the decoder itself.
+    """
+    if key == "dictionary.dictionary":
+        return state[key]
+    if normalization not in _OVERCOMPLETE_NORMALIZATIONS:
+        raise ValueError(f"{path}: unknown overcomplete dictionary_normalization {normalization!r}; "
+                         f"use one of {sorted(_OVERCOMPLETE_NORMALIZATIONS)} (the DictionaryLayer's normalization)")
+    multiplier = state.get("dictionary.multiplier", torch.zeros(()))
+    return _OVERCOMPLETE_NORMALIZATIONS[normalization](state[key].double()).float() * torch.exp(multiplier.float())
 
 
 def load_overcomplete(spec: dict[str, Any]) -> ForeignSAE:
@@ -141,7 +172,7 @@ def load_overcomplete(spec: dict[str, Any]) -> ForeignSAE:
     return ForeignSAE(
         W_enc=weight,
         b_enc=bias,
-        W_dec=state[dictionary],
+        W_dec=_overcomplete_dictionary(state, dictionary, spec.get("dictionary_normalization", "l2"), path),
         b_dec=torch.zeros(weight.shape[1]),
         activation="topk" if top_k else "relu",
         pre_bias=False,
