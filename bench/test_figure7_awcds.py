@@ -14,7 +14,8 @@ def test_figure7_awcds_by_norm(workbench, backbone, sae_name, claim_report, plot
     median = float(bins.loc[(bins["pct_lo"] <= 50) & (bins["pct_hi"] > 50), "mean_awcds"].iloc[0])
     assert np.isfinite(top) and np.isfinite(median), table
     measured = {"awcds_top_bin": top, "awcds_median_bin": median}
-    claim_report.measure(backbone=backbone, sae=sae_name, table="figure7", values=measured)
+    claim_report.measure(backbone=backbone, sae=sae_name, table="figure7", values=measured,
+                         **workbench.sae_identity(backbone, sae_name))
     plot_awcds_by_norm(table, plots_dir / f"figure7-awcds-{backbone}-{sae_name}.png",
                        title=f"awCDS, {backbone} / {sae_name}")
     verdict = claim_report.check("figure7.awcds-peaks-at-high-norm", backbone=backbone, sae=sae_name,

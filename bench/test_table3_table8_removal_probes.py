@@ -14,7 +14,8 @@ def _measure_and_check(workbench, claim_report, backbone, sae_name, table, tasks
     values = {}
     for task in tasks:
         values.update(workbench.probes(backbone, sae_name, task))
-    claim_report.measure(backbone=backbone, sae=sae_name, table=table, values=values)
+    claim_report.measure(backbone=backbone, sae=sae_name, table=table, values=values,
+                         **workbench.sae_identity(backbone, sae_name))
     verdicts = [claim_report.check(f"{table}.{claim}", backbone=backbone, sae=sae_name,
                                    measured={k: values[k] for k in COMPARED[claim]}) for claim in claims]
     claim_report.assert_held(*verdicts)

@@ -16,7 +16,8 @@ def test_table4_cds_partition(workbench, backbone, sae_name, claim_report, plots
     values = {"dict_size": len(cds.cds), "gamma": groups.gamma, "n_low": groups.n_low, "n_high": groups.n_high,
               "n_dead_cds": groups.n_dead}
     claim_report.measure(backbone=backbone, sae=sae_name, table="table4", values=values,
-                         definitions={"cds_k": cds.k, "cds_shift": cds.shift, "gamma": groups.gamma})
+                         definitions={"cds_k": cds.k, "cds_shift": cds.shift, "gamma": groups.gamma},
+                         **workbench.sae_identity(backbone, sae_name))
     plot_cds_histogram(cds.cds[scored], groups.gamma, plots_dir / f"figure6-cds-{backbone}-{sae_name}.png",
                        title=f"CDS, {backbone} / {sae_name}")
     verdict = claim_report.check("table4.high-cds-minority", backbone=backbone, sae=sae_name,

@@ -24,7 +24,7 @@ def test_table6_reconstruction(workbench, backbone, sae_name, claim_report):
                                   "n_images": len(data), "n_tokens": metrics.n_all},
                          definitions={"fvu_normalisation": FVU_DEFINITION, "tau": get_spec(backbone).tau,
                                       "tau_value": workbench.tau(backbone)},
-                         sae_config=workbench.sae_config(backbone, sae_name),
+                         **workbench.sae_identity(backbone, sae_name),
                          weights_id=workbench.backbone(backbone).weights_id, device=str(workbench.device))
     assert all(math.isfinite(v) for v in values.values()), values
     fvu = claim_report.check("table6.outliers-reconstructed-better", backbone=backbone, sae=sae_name,

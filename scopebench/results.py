@@ -203,13 +203,16 @@ def load_result(path: Path) -> ResultRecord:
 def merge_results(old: ResultRecord, new: ResultRecord) -> ResultRecord:
     """``new`` on top of ``old``: tables, quantities and claims it ran replace the old ones; the rest stay.
 
-    If the SAE checkpoint hash changed, the old record describes a different model and is
-    dropped entirely rather than mixed with the new numbers.
+    If the new record pins a different SAE (another weights hash, or another config), the old
+    record describes a different model and is dropped entirely rather than mixed with the new
+    numbers.  A record that pins nothing (e.g. attention EMD, which uses no SAE) merges.
     """
     if (old.backbone.name, old.sae.name) != (new.backbone.name, new.sae.name):
         raise ValueError(f"cannot merge results of {old.backbone.name}/{old.sae.name} "
                          f"into {new.backbone.name}/{new.sae.name}")
-    if old.sae.checkpoint_sha256 != new.sae.checkpoint_sha256 and new.sae.checkpoint_sha256 is not None:
+    if new.sae.checkpoint_sha256 is not None and new.sae.checkpoint_sha256 != old.sae.checkpoint_sha256:
+        return new
+    if new.sae.config and old.sae.config and new.sae.config != old.sae.config:
         return new
     measurements = {table: dict(values) for table, values in old.measurements.items()}
     for table, values in new.measurements.items():

@@ -36,7 +36,7 @@ from scopebench.partition import Partition, partition, resolve_gamma
 from scopebench.removal_probes import SPLITS, ProbeInputs, classification_metrics, dense_metrics
 from scopebench.atomic import write_text_atomic
 from scopebench.sae import SparseAutoencoder, load_recipe, load_sae, train_sae
-from scopebench.sae.checkpoint import is_native_checkpoint, load_native
+from scopebench.sae.checkpoint import is_native_checkpoint, load_native, weights_sha256
 from scopebench.sae.training import TRAINER_VERSION
 from scopebench.scc import scc
 
@@ -143,6 +143,14 @@ class Workbench:
 
     def sae_config(self, backbone: str, name: str) -> dict[str, Any]:
         return dict(self.sae(backbone, name).config)
+
+    def sae_identity(self, backbone: str, name: str) -> dict[str, Any]:
+        """The ``claim_report.measure`` keywords that pin this SAE: its config and a hash of its weights.
+
+        A result file then never mixes two models evaluated under the same name.
+        """
+        digest = self._once(("sae-sha256", backbone, name), lambda: weights_sha256(self.sae(backbone, name)))
+        return {"sae_config": self.sae_config(backbone, name), "sae_checkpoint_sha256": digest}
 
     def _build_sae(self, backbone: str, name: str) -> SparseAutoencoder:
         spec = get_spec(backbone)

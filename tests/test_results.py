@@ -102,6 +102,14 @@ def test_merge_drops_results_of_another_checkpoint() -> None:
     old = _record({"table7": {"attn_emd_out[s=1]": 5.0}}, sha="old")
     new = _record({"table6": {"fvu_a": 0.15}}, sha="new")
     assert merge_results(old, new).measurements == {"table6": {"fvu_a": 0.15}}
+    unpinned = _record({"table7": {"attn_emd_out[s=1]": 5.0}}, sha=None)  # written before weights were hashed
+    assert merge_results(unpinned, new).measurements == {"table6": {"fvu_a": 0.15}}
+    reconfigured = _record({"table6": {"fvu_a": 0.15}}, sha=None)
+    reconfigured = reconfigured.model_copy(update={"sae": SAEInfo(name="topk/32", config={"k": 64})})
+    assert merge_results(_record({"table7": {"attn_emd_out[s=1]": 5.0}}, sha=None), reconfigured).measurements == \
+        {"table6": {"fvu_a": 0.15}}
+    same = _record({"table6": {"fvu_a": 0.15}}, sha="old")
+    assert "table7" in merge_results(old, same).measurements
     other = ResultRecord(backbone=BackboneInfo(name="dinov2-b"), sae=SAEInfo(name="topk/32"), environment=ENV)
     with pytest.raises(ValueError, match="cannot merge"):
         merge_results(old, other)

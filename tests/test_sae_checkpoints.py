@@ -1,6 +1,7 @@
 """Native checkpoints (atomic) and external formats, each checked against the format's own math."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -64,6 +65,20 @@ def test_save_replaces_atomically_and_a_crash_keeps_the_old_checkpoint(tmp_path,
         save_sae(first, tmp_path / "ckpt")
     assert load_sae(tmp_path / "ckpt").config["architecture"] == "relu"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folder left behind
+
+
+def test_weights_hash_follows_the_weights_not_the_file(tmp_path):
+    sae = _trained_like("topk")
+    save_sae(sae, tmp_path / "ckpt")
+    digest = checkpoint_module.weights_sha256(sae)
+    assert checkpoint_module.weights_sha256(load_sae(tmp_path / "ckpt")) == digest  # same weights, reloaded
+    with torch.no_grad():
+        sae.W_dec[3, 5] += 1e-6
+    assert checkpoint_module.weights_sha256(sae) != digest
+    expected = hashlib.sha256()  # recomputed by hand: name, dtype, shape, then the raw bytes, in name order
+    for name, tensor in sorted(sae.state_dict().items()):
+        expected.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode() + tensor.numpy().tobytes())
+    assert checkpoint_module.weights_sha256(sae) == expected.hexdigest()
 
 
 def test_native_errors_name_missing_tensors_bad_header_and_wrong_d_in(tmp_path):

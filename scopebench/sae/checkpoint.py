@@ -1,8 +1,11 @@
 """Native SAE checkpoints: a folder with ``config.json`` + ``sae.safetensors``."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+import torch
 
 from safetensors.torch import save_file
 
@@ -51,3 +54,17 @@ def load_native(path: str | Path) -> DictionarySAE:
         raise ValueError(f"{path / WEIGHTS_FILE} has unexpected tensors {unexpected} for a {config['architecture']} SAE")
     sae.load_state_dict(tensors)
     return sae.eval()
+
+
+def weights_sha256(sae: torch.nn.Module) -> str:
+    """sha256 over the SAE's state dict (names, dtypes, shapes and bytes, in name order).
+
+    Identifies the weights whatever file format they came from, so result files can tell two
+    models evaluated under the same name apart.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
