@@ -248,7 +248,7 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
                    weights_id=backbone.weights_id, layer=spec.layer, dataset=dataset.identity,
                    transform=_canonical(transform), sampling=sampling, dtype=dtype)
     if store.status(key) == "complete":
-        return store.read(key)
+        return _fitting(store.read(key), backbone, patch_sample)
     np_dtype = STORABLE_DTYPES[dtype]
     per_shard = shard_rows or _shard_rows(backbone, n_views, np.dtype(np_dtype).itemsize, attention, len(rows),
                                           patch_sample)
@@ -267,7 +267,23 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
                                                          bar))
         if not writer.complete:
             writer.finish()
-    return store.read(key)
+    return _fitting(store.read(key), backbone, patch_sample)
+
+
+def _fitting(entry: CacheEntry, backbone: Backbone, patch_sample: PatchSample | None) -> CacheEntry:
+    """``entry``, after checking its token arrays have the shape this backbone produces.
+
+    The key pins the weights; this catches what a key cannot, e.g. a hand-built backbone
+    whose ``weights_id`` does not change with its geometry.
+    """
+    spec = backbone.spec
+    rows = (patch_sample.per_image if patch_sample else spec.n_patches, spec.embed_dim)
+    for name, array in entry.arrays.items():
+        if name.startswith("tokens") and tuple(array.row_shape) != rows:
+            raise ValueError(f"cache entry {entry.path} holds {name} rows of shape {tuple(array.row_shape)}, but "
+                             f"{spec.name!r} gives {rows}: its weights_id ({backbone.weights_id!r}) does not pin "
+                             "its geometry; give the backbone a weights_id that changes with it")
+    return entry
 
 
 def _stack_resized(images: Sequence[torch.Tensor], size: int, interpolation: str) -> torch.Tensor:

@@ -106,7 +106,11 @@ def case(request):
 def test_satisfies_backbone_protocol_and_reports_random_init(case):
     backbone, *_ = case
     assert isinstance(backbone, Backbone)
-    assert backbone.weights_id == "random-init:3"
+    assert backbone.weights_id == f"random-init:3:geometry={backbone.spec.geometry_id}"
+    for field, value in (("embed_dim", 2 * backbone.spec.embed_dim), ("depth", backbone.spec.depth + 1),
+                         ("n_heads", 2 * backbone.spec.n_heads), ("image_size", 2 * backbone.spec.image_size)):
+        # so a cache entry of one geometry is never read for another
+        assert backbone.spec.model_copy(update={field: value}).geometry_id != backbone.spec.geometry_id
     assert backbone.preprocess.image_size == SIZE
 
 

@@ -160,6 +160,21 @@ def test_keys_of_different_inputs_never_collide(tmp_path):
                                rtol=2e-3, atol=2e-3)
 
 
+def test_a_cached_entry_of_another_geometry_under_the_same_weights_id_is_refused(tmp_path):
+    class WideBackbone(LocalBackbone):
+        """Same weights_id as LocalBackbone, twice the token width: a backbone whose id misses its geometry."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.spec = self.spec.model_copy(update={"embed_dim": 2 * DIM})
+            self.proj = torch.cat([self.proj, self.proj], 1)
+
+    store, data = ActivationStore(tmp_path), NoiseImages()
+    extract_tokens(LocalBackbone(), data, store, progress=False)
+    with pytest.raises(ValueError, match=rf"tokens rows of shape \({SIDE * SIDE}, {DIM}\).*does not pin its geometry"):
+        extract_tokens(WideBackbone(), data, store, progress=False)
+
+
 def test_corrupted_entry_is_reported_not_reextracted(tmp_path):
     store, data = ActivationStore(tmp_path), NoiseImages()
     acts = extract_tokens(LocalBackbone(), data, store, shard_rows=4, progress=False)

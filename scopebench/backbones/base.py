@@ -63,7 +63,7 @@ class Backbone(Protocol):
 
     @property
     def weights_id(self) -> str:
-        """Identity of the loaded weights (file hash, HF revision, or 'random-init:<seed>')."""
+        """Identity of the loaded weights (file hash, HF revision, or 'random-init:<seed>:geometry=<hash>')."""
 
     def forward_layer(self, pixels: torch.Tensor, *, attention: bool = False) -> LayerOutput:
         """Run up to and including the designated block and no further."""

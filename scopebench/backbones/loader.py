@@ -41,7 +41,7 @@ def load_backbone(
     Weights resolve offline (see :mod:`scopebench.backbones.weights`); when none are
     found this raises :class:`~scopebench.backbones.weights.WeightsNotFound` saying how to
     provide them.  ``random_init=True`` skips weights (``weights_id`` is
-    ``"random-init:<seed>"``); ``overrides`` shrink the geometry for tests.
+    ``"random-init:<seed>:geometry=<hash>"``); ``overrides`` shrink the geometry for tests.
     """
     spec = apply_overrides(get_spec(name), overrides)
     if spec.source == "planted":
@@ -58,7 +58,7 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
             torch.manual_seed(seed)
             model = _create(spec)
-        identity = f"random-init:{seed}"
+        identity = f"random-init:{seed}:geometry={spec.geometry_id}"
     else:
         with torch.device("meta"):  # no wasted random init: the file's tensors are assigned in place
             model = _create(spec)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from scopebench.backbones.base import Grid, LayerOutput, Preprocess
+from scopebench.backbones.registry import get_spec
 from scopebench.backbones.spec import BackboneSpec
 
 VERSION = "v6"
@@ -131,10 +132,11 @@ class PlantedBackbone:
 
     @property
     def weights_id(self) -> str:
-        """``planted:v6:seed<seed>``, plus any non-default construction knob (they change the tokens)."""
+        """``planted:v6:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
                  "topk": (self.texture_top_k, TEXTURE_TOP_K),
-                 "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE)}
+                 "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE),
+                 "geometry": (self.spec.geometry_id, get_spec("planted").geometry_id)}
         extra = "".join(f":{name}={value}" for name, (value, default) in knobs.items() if value != default)
         return f"planted:{VERSION}:seed{self.seed}{extra}"
 

@@ -1,6 +1,8 @@
 """Registry entry of a backbone: one record holds everything about a model (timm-style)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +38,17 @@ class BackboneSpec(BaseModel):
     gamma: float | None = None  # fixed CDS threshold when the paper gives it
     has_cls: bool = True
     provenance: dict[str, Provenance] = Field(default_factory=dict)
+
+    @property
+    def geometry_id(self) -> str:
+        """Short hash of the fields that shape the tokens (model, sizes, depth, width, heads, prefix).
+
+        Weights ids that come from a seed rather than a file (random init, the planted backbone)
+        include it, so a test that overrides the geometry never reads another geometry's cache.
+        """
+        fields = ("model_id", "image_size", "patch_size", "n_prefix", "depth", "embed_dim", "n_heads", "has_cls")
+        canonical = json.dumps({name: getattr(self, name) for name in fields}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
     def grid_side(self) -> int:
