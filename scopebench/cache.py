@@ -324,7 +324,12 @@ class ShardedArray:
         for position in np.unique(positions):
             mask = positions == position
             out[mask] = self.shard(int(position))[rows[mask] - self._records[position].start]
-        return out[(slice(None), *rest)] if rest else out
+        if not rest:
+            return out
+        if not isinstance(first, slice) and any(not isinstance(i, slice) and np.ndim(i) > 0 for i in rest):
+            # a later index array pairs with the row index, as in numpy (not an outer product)
+            return out[(np.arange(rows.size), *rest)]
+        return out[(slice(None), *rest)]
 
     def _paired(self, rows: np.ndarray, positions: np.ndarray, second: np.ndarray, rest: tuple) -> np.ndarray:
         """``array[rows, second]`` with numpy's paired advanced indexing, reading only the chosen cells."""
