@@ -67,8 +67,9 @@ def test_save_replaces_atomically_and_a_crash_keeps_the_old_checkpoint(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folder left behind
 
 
-def test_weights_hash_follows_the_weights_not_the_file(tmp_path):
-    sae = _trained_like("topk")
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_weights_hash_follows_the_weights_not_the_file(tmp_path, arch):
+    sae = _trained_like(arch)  # BatchTopK and JumpReLU hold 0-d / 1-d threshold buffers
     save_sae(sae, tmp_path / "ckpt")
     digest = checkpoint_module.weights_sha256(sae)
     assert checkpoint_module.weights_sha256(load_sae(tmp_path / "ckpt")) == digest  # same weights, reloaded
@@ -77,7 +78,7 @@ def test_weights_hash_follows_the_weights_not_the_file(tmp_path):
     assert checkpoint_module.weights_sha256(sae) != digest
     expected = hashlib.sha256()  # recomputed by hand: name, dtype, shape, then the raw bytes, in name order
     for name, tensor in sorted(sae.state_dict().items()):
-        expected.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode() + tensor.numpy().tobytes())
+        expected.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode() + tensor.detach().numpy().tobytes())
     assert checkpoint_module.weights_sha256(sae) == expected.hexdigest()
 
 

@@ -66,5 +66,5 @@ def weights_sha256(sae: torch.nn.Module) -> str:
     for name, tensor in sorted(sae.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d buffers too
     return digest.hexdigest()
