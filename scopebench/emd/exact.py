@@ -28,11 +28,12 @@ These facts make it fast while staying exact to well within 1e-6:
   row-major order (measured by pivot counts: 440 -> 333 per LP on 13x13 attention maps).
 
 Speed (bench/perf/test_emd_perf.py, 2,000 pairs on a 13x13 grid, vs a loop over ``ot.emd2``,
-measured while two other jobs kept both cores busy): sparse SAE-like maps 9-13x, dense
-attention-like maps 6.3-7.9x (4.8x before the neighbour folding and the node order, same
-conditions, same run).  Dense pairs are bound by the network simplex itself: ~67 x 67 residual
-cells and ~310 pivots per LP, ~0.45 ms of CPU each (was ~0.65 ms).  On an otherwise idle
-2-core machine, where the thread pool gets both cores: sparse 9.9x, dense 10.4x.
+each side the fastest of a few rounds, 2-vCPU machine with load 0.7-1.9): sparse SAE-like maps
+8.4-10.7x, dense attention-like maps 7.7-9.8x (idle, earlier runs: 9.9x and 10.4-10.8x).
+Dense pairs are bound by the network simplex itself: ~67 x 67 residual cells and ~310 pivots
+per LP, ~0.45 ms of CPU each, and two threads give only ~1.5x on this machine's two vCPUs.
+Sparse pairs are bound by the per-call cost of many small LPs (~10-40 us each), which hold
+the GIL too long to gain from threads.
 Tried and slower: POT's sparse-arc solver (k-nearest arcs + dual check, and radius arcs plus
 a north-west-corner plan for feasibility), block-diagonal batching of small LPs, ``emd_c``'s
 warm-start potentials (4x fewer pivots even from the exact potentials, but building its start
