@@ -53,6 +53,27 @@ def test_imagenet_identity_tracks_split_root_and_file_list(imagenet_root, tmp_pa
     assert ImageNet(imagenet_root, "val").identity != data.identity
 
 
+def test_imagenet_val_takes_its_class_indices_from_train(imagenet_root):
+    for k, wnid in enumerate(["n01", "n02", "n03", "n04"]):  # train has a class (n04) that val lacks
+        _rgb(imagenet_root / "train" / wnid / "a.JPEG", seed=50 + k)
+    (imagenet_root / "val" / "n02").rename(imagenet_root / "val" / "n04")  # val: n01, n03, n04
+    train, val = ImageNet(imagenet_root, "train"), ImageNet(imagenet_root, "val")
+    assert train.classes == val.classes == ["n01", "n02", "n03", "n04"]
+    assert val.labels == [0, 0, 0, 2, 3, 3]  # n04 is class 3 in both splits, not 2 as in val's own listing
+    assert train.labels == [0, 1, 2, 3]
+
+
+def test_identity_of_a_tree_linked_in_from_elsewhere(imagenet_root, tmp_path):
+    linked = tmp_path / "linked"
+    (linked / "val").mkdir(parents=True)
+    for wnid in ("n01", "n02", "n03"):
+        (linked / "val" / wnid).symlink_to(imagenet_root / "val" / wnid)
+    data = ImageNet(linked, "val")
+    assert len(data) == 6 and data.labels == [0, 0, 0, 1, 1, 2]
+    file_list_hash = data.identity.rsplit(":", 1)[1]
+    assert file_list_hash == ImageNet(imagenet_root, "val").identity.rsplit(":", 1)[1]  # same relative file list
+
+
 def test_imagenet_layout_errors(imagenet_root, tmp_path):
     with pytest.raises(DatasetLayoutError, match="missing ImageNet root") as err:
         ImageNet(tmp_path / "nowhere")
@@ -67,6 +88,10 @@ def test_imagenet_layout_errors(imagenet_root, tmp_path):
         ImageNet(imagenet_root, "train")
     with pytest.raises(ValueError, match="split must be one of"):
         ImageNet(imagenet_root, "test")
+    with pytest.raises(DatasetLayoutError, match=r"class folders \['n01', 'n02', 'n03'\] are not in the train split"):
+        ImageNet(imagenet_root, "val")  # val's wnids have no index in train's class list (only n09)
+    (imagenet_root / "train" / "n09").rmdir()
+    (imagenet_root / "train").rmdir()
     (imagenet_root / "val" / "n01" / "img0.JPEG").write_bytes(b"not a jpeg")
     data = ImageNet(imagenet_root, "val")
     with pytest.raises(DatasetLayoutError, match="unreadable") as err:

@@ -7,6 +7,7 @@ so a misplaced folder is fixed in one step instead of surfacing deep inside a ru
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -96,8 +97,12 @@ def read_image_and_map(image_path: Path, map_path: Path, expected: str, modes: t
 
 
 def dataset_identity(name: str, split: str, root: Path, files: Iterable[Path]) -> str:
-    """``name:split:resolved-root:hash`` where the hash covers the sorted relative file list."""
+    """``name:split:resolved-root:hash`` where the hash covers the sorted relative file list.
+
+    Paths are made relative to ``root`` as listed, without following symlinks, so split or
+    class folders linked in from shared storage keep the same identity (and load at all).
+    """
     resolved = root.resolve()
-    relative = sorted(p.resolve().relative_to(resolved).as_posix() for p in files)
+    relative = sorted(Path(os.path.relpath(p, root)).as_posix() for p in files)
     digest = hashlib.sha256("\n".join(relative).encode()).hexdigest()[:16]
     return f"{name}:{split}:{resolved}:{len(relative)}files:{digest}"

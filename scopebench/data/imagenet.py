@@ -1,9 +1,10 @@
 """ImageNet-1K in the torchvision ImageFolder layout.
 
 Layout: ``<root>/{train,val}/<wnid>/<name>.JPEG`` (``.jpg`` / ``.png`` also accepted).
-The class index of an image is the position of its wnid folder in sorted order, so a
-full ImageNet-1K tree gives the standard 0..999 indices.  The official validation
-archive is flat; sort it into wnid folders first (e.g. with the usual ``valprep.sh``).
+The class index of an image is the position of its wnid among the sorted wnid folders of
+``train`` (of the split itself when there is no ``train``), so a full ImageNet-1K tree gives
+the standard 0..999 indices and both splits share them even if ``val`` lacks a class.  The
+official validation archive is flat; sort it into wnid folders first (e.g. ``valprep.sh``).
 """
 from __future__ import annotations
 
@@ -25,17 +26,24 @@ class ImageNet:
         self.root = require_dir(Path(root).expanduser(), "ImageNet root folder", LAYOUT)
         self.split = split
         split_dir = require_dir(self.root / split, f"ImageNet split folder {split!r}", LAYOUT)
-        self.classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        if not self.classes:
+        present = _wnid_folders(split_dir)
+        if not present:
             raise DatasetLayoutError("no class (wnid) folders in the split folder", split_dir, LAYOUT)
+        train_dir = self.root / "train"
+        self.classes = _wnid_folders(train_dir) if split != "train" and train_dir.is_dir() else present
+        unknown = sorted(set(present) - set(self.classes))
+        if unknown:
+            raise DatasetLayoutError(f"class folders {unknown[:5]} are not in the train split, so they have no "
+                                     "class index; use the same wnid folders in both splits", split_dir, LAYOUT)
+        index_of = {wnid: index for index, wnid in enumerate(self.classes)}
         self._files: list[Path] = []
         self._labels: list[int] = []
-        for index, wnid in enumerate(self.classes):
+        for wnid in present:
             files = image_files(split_dir / wnid)
             if not files:
                 raise DatasetLayoutError("class folder holds no images", split_dir / wnid, LAYOUT)
             self._files += files
-            self._labels += [index] * len(files)
+            self._labels += [index_of[wnid]] * len(files)
         self._identity = dataset_identity("imagenet", split, self.root, self._files)
 
     @property
@@ -51,3 +59,7 @@ class ImageNet:
 
     def __getitem__(self, index: int) -> Sample:
         return Sample(image=read_rgb(self._files[index], LAYOUT), label=self._labels[index])
+
+
+def _wnid_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
