@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from scopebench.backbones.registry import REGISTRY
+from scopebench.backbones.weights import CONFIG_ENV
 from scopebench.cache import CACHE_ENV, ActivationStore, default_cache_dir
 from scopebench.device import resolve_device
 
@@ -57,36 +58,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _checked_weights(name: str, path: Path, origin: str) -> tuple[str, Path]:
-    if name not in REGISTRY:
-        raise pytest.UsageError(f"{origin}: unknown backbone {name!r}; known backbones: {', '.join(REGISTRY)}")
+    real = [n for n, spec in REGISTRY.items() if spec.source != "planted"]
+    if name not in real:
+        why = "the planted backbone is built from its seed and takes no weight file" if name in REGISTRY \
+            else f"unknown backbone {name!r}"
+        raise pytest.UsageError(f"{origin}: {why}; backbones that take weights: {', '.join(real)}")
     if not path.is_file():
         raise pytest.UsageError(f"{origin}: weights file {path} for {name!r} does not exist; give the path of a "
                                 f"downloaded checkpoint")
     return name, path.resolve()
 
 
-def _read_weights_config(path: Path) -> dict[str, Path]:
+def _read_weights_config(path: Path, flag: str) -> dict[str, Path]:
+    """The mapping of ``--weights-config`` or ``$SCOPEBENCH_WEIGHTS_CONFIG`` (``flag``), every entry checked."""
     if not path.is_file():
-        raise pytest.UsageError(f"--weights-config {path}: no such file")
+        raise pytest.UsageError(f"{flag} {path}: no such file")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
             try:
                 import tomllib
             except ModuleNotFoundError:
-                raise pytest.UsageError(f"--weights-config {path}: TOML needs Python 3.11+; write the same "
+                raise pytest.UsageError(f"{flag} {path}: TOML needs Python 3.11+; write the same "
                                         f"mapping as JSON") from None
             data: Any = tomllib.loads(text)
         else:
             data = json.loads(text)
     except ValueError as err:
-        raise pytest.UsageError(f"--weights-config {path}: cannot parse ({err}); expected a mapping "
+        raise pytest.UsageError(f"{flag} {path}: cannot parse ({err}); expected a mapping "
                                 f'{{"backbone-name": "path/to/weights"}}') from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise pytest.UsageError(f"--weights-config {path}: expected a flat mapping "
+        raise pytest.UsageError(f"{flag} {path}: expected a flat mapping "
                                 f'{{"backbone-name": "path/to/weights"}}, got {type(data).__name__}')
-    origin = f"--weights-config {path}"
-    return dict(_checked_weights(name, (path.parent / value).expanduser(), origin) for name, value in data.items())
+    origin = f"{flag} {path}"
+    return dict(_checked_weights(name, path.parent / Path(value).expanduser(), origin) for name, value in data.items())
 
 
 def _parse_weights_flag(value: str) -> tuple[str, Path]:
@@ -98,11 +103,13 @@ def _parse_weights_flag(value: str) -> tuple[str, Path]:
 
 def options_from_config(config: pytest.Config) -> ScopebenchOptions:
     """Validate the command-line options; errors are ``pytest.UsageError`` naming the fix."""
-    config_file = config.getoption("weights_config")
+    config_file, flag = config.getoption("weights_config"), "--weights-config"
+    if not config_file and os.environ.get(CONFIG_ENV):  # checked at startup too, not case by case
+        config_file, flag = os.environ[CONFIG_ENV], f"${CONFIG_ENV}"
     weights: dict[str, Path] = {}
     config_path = Path(config_file).expanduser().resolve() if config_file else None
     if config_path is not None:
-        weights.update(_read_weights_config(config_path))
+        weights.update(_read_weights_config(config_path, flag))
     weights.update(_parse_weights_flag(value) for value in config.getoption("weights"))
     cache_dir = config.getoption("cache_dir")
     device = config.getoption("device")

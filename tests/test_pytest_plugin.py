@@ -65,7 +65,8 @@ def test_defaults_follow_the_environment(pytester, monkeypatch):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--weights", "dinov2-b"], "expected NAME=PATH"),
-    (["--weights", "dinov9=x.pt"], "unknown backbone 'dinov9'; known backbones: clip-b16"),
+    (["--weights", "dinov9=x.pt"], "unknown backbone 'dinov9'; backbones that take weights: clip-b16"),
+    (["--weights", "planted=x.pt"], "the planted backbone is built from its seed and takes no weight file"),
     (["--weights", "dinov2-b=missing.safetensors"], "missing.safetensors for 'dinov2-b' does not exist"),
     (["--weights-config", "nope.json"], "nope.json: no such file"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
@@ -88,3 +89,22 @@ def test_malformed_weights_config_is_named(pytester):
     result, _ = _run(pytester, "--weights-config", "w.json")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*w.json: expected a flat mapping*"])
+
+
+def test_weights_config_from_the_environment_is_checked_at_startup(pytester, monkeypatch):
+    (pytester.path / "bad.json").write_text('{"dinov2-b": ')
+    monkeypatch.setenv("SCOPEBENCH_WEIGHTS_CONFIG", str(pytester.path / "bad.json"))
+    result, probe = _run(pytester)
+    assert result.ret != 0 and probe == {}
+    result.stderr.fnmatch_lines(["*$SCOPEBENCH_WEIGHTS_CONFIG *bad.json: cannot parse*"])
+
+
+def test_home_relative_paths_in_a_weights_config(pytester, monkeypatch):
+    home = pytester.path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "w.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("HOME", str(home))
+    (pytester.path / "w.json").write_text('{"dinov2-b": "~/models/w.safetensors"}')
+    result, probe = _run(pytester, "--weights-config", "w.json")
+    result.assert_outcomes(passed=1)
+    assert probe["weights"] == {"dinov2-b": str(home / "models" / "w.safetensors")}

@@ -102,6 +102,19 @@ def test_config_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
         resolve_weights(get_spec("deit3-s"))
 
 
+def test_config_file_that_cannot_be_parsed_names_the_file_and_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "w.json").write_text('{"deit3-s": ')
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "w.json"))
+    with pytest.raises(ValueError, match=r"w.json \(\$SCOPEBENCH_WEIGHTS_CONFIG\) cannot be parsed"):
+        resolve_weights(get_spec("deit3-s"))
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot read .*empty.safetensors as safetensors .*download complete"):
+        read_state_dict(tmp_path / "empty.safetensors")
+
+
 @pytest.mark.parametrize("with_ref", [True, False], ids=["refs-main", "pinned-snapshot"])
 def test_hf_cache_layout_route(tmp_path, monkeypatch, source, with_ref):
     tokens, pixels, state = source

@@ -74,16 +74,20 @@ def read_config_file(path: Path) -> dict[str, Path]:
     except OSError as exc:
         raise WeightsNotFound(f"${CONFIG_ENV} points to {path}, which cannot be read ({exc}); "
                               "fix the path or unset the variable") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        data = tomllib.loads(text)
-    elif path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"weights config {path} must end in .json or .toml")
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"weights config {path} (${CONFIG_ENV}) must end in .json or .toml")
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"weights config {path} (${CONFIG_ENV}) cannot be parsed: {exc}; expected a mapping "
+                         '{"backbone-name": "path/to/weights"}') from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError(f"weights config {path} must map backbone names to file paths, "
                          'e.g. {"clip-b16": "/data/clip-b16.safetensors"}')
@@ -166,7 +170,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix in _SAFETENSORS_SUFFIXES:
         from safetensors.torch import load_file
 
-        return load_file(str(file), device="cpu")
+        try:
+            return load_file(str(file), device="cpu")
+        except Exception as exc:  # SafetensorError: truncated file, bad header
+            raise ValueError(f"cannot read {file} as safetensors ({exc}); is the download complete?") from exc
     if suffix in _TORCH_SUFFIXES:
         try:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
