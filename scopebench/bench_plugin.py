@@ -43,30 +43,54 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "before probing (default: probe at the SAE layer)")
 
 
+_RECIPES_KEY = pytest.StashKey[list[str]]()
+_EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claim(id): bind a bench case to a claim of scopebench.claims; "
                                        "parametrises `backbone` over the claim's backbones")
+    recipes = _checked_recipes(config)
+    config.stash[_RECIPES_KEY] = recipes
+    config.stash[_EXTERNAL_KEY] = _checked_external_saes(config, recipes)
 
 
-def _external_saes(config: pytest.Config) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for value in config.getoption("sae"):
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise pytest.UsageError(f"--sae expects [BACKBONE/]NAME=PATH, got {value!r}")
-        found[name] = Path(path).expanduser()
-    return found
-
-
-def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
+def _checked_recipes(config: pytest.Config) -> list[str]:
     recipes = [r.strip() for r in config.getoption("sae_recipes").split(",") if r.strip()]
     unknown = [r for r in recipes if not (BASELINES_DIR / f"{r}.json").is_file()]
     if unknown:
         known = sorted(p.stem for p in BASELINES_DIR.glob("*.json"))
         raise pytest.UsageError(f"--sae-recipes: unknown recipe(s) {unknown}; known: {known}")
-    external = [name.split("/", 1)[-1] for name in _external_saes(config)
+    return recipes
+
+
+def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[str, Path]:
+    """``--sae [BACKBONE/]NAME=PATH`` values, checked once at startup: form, backbone, path, name clashes."""
+    found: dict[str, Path] = {}
+    for value in config.getoption("sae"):
+        name, sep, raw = value.partition("=")
+        if not sep or not name or not raw:
+            raise pytest.UsageError(f"--sae expects [BACKBONE/]NAME=PATH, got {value!r}")
+        backbone, _, sae_name = name.rpartition("/")
+        if backbone and backbone not in REGISTRY:
+            raise pytest.UsageError(f"--sae {value}: unknown backbone {backbone!r}; known: {', '.join(REGISTRY)}")
+        if not sae_name:
+            raise pytest.UsageError(f"--sae {value}: the SAE needs a name, e.g. --sae planted/my-sae=PATH")
+        if sae_name in recipes:
+            raise pytest.UsageError(f"--sae {value}: {sae_name!r} is also a baseline recipe of this run; give the "
+                                    "checkpoint another name or leave the recipe out of --sae-recipes")
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise pytest.UsageError(f"--sae {value}: no checkpoint at {path}; give the path of an SAE folder or file")
+        found[name] = path
+    return found
+
+
+def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
+    """The SAE names of ``backbone``'s cases: the baseline recipes, then the ``--sae`` checkpoints bound to it."""
+    external = [name.split("/", 1)[-1] for name in config.stash[_EXTERNAL_KEY]
                 if "/" not in name or name.split("/", 1)[0] == backbone]
-    return recipes + external
+    return config.stash[_RECIPES_KEY] + external
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -92,7 +116,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions, activation_store) -> Workbench:
     root = pytestconfig.getoption("data_root")
     return Workbench(activation_store, device=scopebench_options.device, weights_map=scopebench_options.weights,
-                     data_root=Path(root) if root else None, external_saes=_external_saes(pytestconfig),
+                     data_root=Path(root) if root else None, external_saes=pytestconfig.stash[_EXTERNAL_KEY],
                      progress=not pytestconfig.getoption("no_progress"),
                      propagate=pytestconfig.getoption("propagate"))
 
