@@ -168,7 +168,7 @@ class Claim(BaseModel):
     paper_values: dict[str, dict[str, float]] = {}  # backbone -> quantity key -> value
     # SAE variant -> why the paper's claim is not expected of it (a mechanism, not a measured
     # outcome).  Its verdict is still computed, shown and stored; a failure is an expected
-    # failure (pytest xfail) and a pass an unexpected pass (XPASS), neither fails the run.
+    # failure (pytest xfail, "XFAIL" in the claims table) that does not fail the run, a pass a PASS.
     exempt_saes: dict[str, str] = {}
 
     @model_validator(mode="after")
