@@ -22,8 +22,9 @@ class BenchScale(BaseModel):
         None, gt=0, description="tokens kept per training image at extraction; None = all (paper: 4 random patches)")
     sae_overrides: dict[str, float | int] = Field(
         default_factory=dict, description="recipe fields replaced for this scale (e.g. fewer tokens on the planted default)")
-    eval_images: int = Field(gt=0, description="images for reconstruction metrics, tau and awCDS (Table 6, Fig. 7)")
-    scc_images: int = Field(gt=0, description="images for CDS (paper: 1,000, one per ImageNet class)")
+    eval_images: int = Field(gt=0, description="images for reconstruction metrics and tau (Table 6)")
+    scc_images: int = Field(gt=0, description="images for CDS and awCDS (paper: the same 1,000, one per ImageNet "
+                                              "class; Fig. 6, 7)")
     cds_k: int = Field(gt=0, description="top-k images per feature in the CDS average")
     cds_shift: int = Field(1, ge=1, description="SCC shift used for CDS (paper: s = 1)")
     attention_images: int = Field(gt=0, description="images for the attention-EMD analysis (Tables 7, 9)")

@@ -1,7 +1,7 @@
 """Which images each bench stage uses, per backbone (the planted scenes or the real datasets).
 
-Stages ("purposes"): ``train`` (SAE training), ``eval`` (reconstruction, tau, awCDS),
-``scc`` (CDS), ``attention`` (attention EMD), and ``probe-<task>-<split>`` with task in
+Stages ("purposes"): ``train`` (SAE training), ``eval`` (reconstruction, tau),
+``scc`` (CDS, and awCDS on the same images), ``attention`` (attention EMD), and ``probe-<task>-<split>`` with task in
 cls / seg / depth and split in train / val / test.  Real datasets live under one data
 root (``--data-root`` or ``$SCOPEBENCH_DATA``)::
 

@@ -207,8 +207,9 @@ class Workbench:
         return self._once(("partition", backbone, sae_name), build)
 
     def awcds_table(self, backbone: str, sae_name: str):
+        """awCDS per token-norm percentile bin over the CDS images (supplement D.1: "the same set of 1,000 images")."""
         def build():
-            per_token = token_awcds(self.sae(backbone, sae_name), self.tokens(backbone, "eval").tokens,
+            per_token = token_awcds(self.sae(backbone, sae_name), self.tokens(backbone, "scc").tokens,
                                     self.cds(backbone, sae_name).cds, device=self.device, progress=self.progress)
             return awcds_by_norm_percentile(per_token.norms, per_token.awcds)
         return self._once(("awcds", backbone, sae_name), build)
