@@ -25,6 +25,7 @@ import numpy as np
 from scopebench.backbones.spec import BackboneSpec
 from scopebench.benchconfig import BenchScale
 from scopebench.data.base import ImageDataset
+from scopebench.data.sampling import one_per_class, subset
 from scopebench.data.scenes import SyntheticScenes
 
 # Distinct seeds keep the planted stages on disjoint scenes.
@@ -94,8 +95,6 @@ def _open(purpose: str, root: Path | None, task: str, evaluation: bool) -> Image
 
 def _stage_images(purpose: str, n: int, root: Path | None) -> ImageDataset:
     """SAE training images from ImageNet train; eval from ImageNet val; SCC and attention one per class."""
-    from scopebench.data.sampling import one_per_class
-
     data = _open(purpose, root, "cls", evaluation=purpose != "train")
     if purpose in ("scc", "attention"):
         return one_per_class(data, n, seed=0)
@@ -107,8 +106,6 @@ def _probe_split(task: str, split: str, scale: BenchScale, root: Path | None) ->
     n = scale.probe_images(task, split)
     if split == "test":
         return _seeded_subset(_open(purpose, root, task, evaluation=True), n)
-    from scopebench.data.sampling import subset
-
     data = _open(purpose, root, task, evaluation=False)
     n_val = scale.probe_images(task, "val")
     if len(data) <= n_val:
@@ -122,8 +119,6 @@ def _probe_split(task: str, split: str, scale: BenchScale, root: Path | None) ->
 
 def _seeded_subset(data: ImageDataset, n: int) -> ImageDataset:
     """All of ``data`` when it holds at most ``n`` images, else a seeded random ``n`` of them (in index order)."""
-    from scopebench.data.sampling import subset
-
     if len(data) <= n:
         return data
     return subset(data, np.sort(np.random.default_rng(0).permutation(len(data))[:n]))

@@ -74,6 +74,8 @@ def read_config_file(path: Path) -> dict[str, Path]:
     except OSError as exc:
         raise WeightsNotFound(f"${CONFIG_ENV} points to {path}, which cannot be read ({exc}); "
                               "fix the path or unset the variable") from None
+    if path.suffix.lower() not in (".json", ".toml"):
+        raise ValueError(f"weights config {path} (${CONFIG_ENV}) must end in .json or .toml")
     try:
         if path.suffix.lower() == ".toml":
             try:
@@ -81,10 +83,8 @@ def read_config_file(path: Path) -> dict[str, Path]:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
         else:
-            raise ValueError(f"weights config {path} (${CONFIG_ENV}) must end in .json or .toml")
+            data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise ValueError(f"weights config {path} (${CONFIG_ENV}) cannot be parsed: {exc}; expected a mapping "
                          '{"backbone-name": "path/to/weights"}') from None
