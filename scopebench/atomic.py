@@ -10,10 +10,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -25,12 +29,33 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux, else by setting and restoring it (POSIX has no getter;
+    the swap briefly affects other threads, hence /proc first)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | Path, mode: int) -> None:
+    """Give a mkstemp/mkdtemp result (always 0600/0700) the mode ``open``/``mkdir`` would under the umask."""
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(handle)`` on a binary temp file beside ``path``, then rename it over ``path``."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
+        _as_created(tmp, 0o666)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -59,6 +84,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        _as_created(tmp, 0o777)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

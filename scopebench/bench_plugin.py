@@ -18,7 +18,8 @@ import pytest
 
 from scopebench.backbones.registry import REGISTRY
 from scopebench.claims import get_claim
-from scopebench.pytest_plugin import ScopebenchOptions
+from scopebench.names import InvalidName, check_distinct, check_name
+from scopebench.pytest_plugin import ScopebenchOptions, checked_folder
 from scopebench.sae.recipe import BASELINES_DIR
 from scopebench.workbench import Unavailable, Workbench
 
@@ -45,6 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 _RECIPES_KEY = pytest.StashKey[list[str]]()
 _EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
+_PLOTS_KEY = pytest.StashKey[Path]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,10 +55,20 @@ def pytest_configure(config: pytest.Config) -> None:
     recipes = _checked_recipes(config)
     config.stash[_RECIPES_KEY] = recipes
     config.stash[_EXTERNAL_KEY] = _checked_external_saes(config, recipes)
+    try:
+        for backbone in REGISTRY:
+            check_distinct(sae_variants(config, backbone), f"--sae / --sae-recipes on {backbone}")
+    except InvalidName as err:
+        raise pytest.UsageError(str(err)) from None
+    plots = config.getoption("plots_dir")
+    config.stash[_PLOTS_KEY] = (checked_folder(plots, "--plots-dir") if plots
+                                else Path(config.rootpath) / "leaderboard" / "plots")
 
 
 def _checked_recipes(config: pytest.Config) -> list[str]:
     recipes = [r.strip() for r in config.getoption("sae_recipes").split(",") if r.strip()]
+    for recipe in recipes:
+        _check_name(recipe, "--sae-recipes: recipe name")
     unknown = [r for r in recipes if not (BASELINES_DIR / f"{r}.json").is_file()]
     if unknown:
         known = sorted(p.stem for p in BASELINES_DIR.glob("*.json"))
@@ -76,6 +88,7 @@ def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[st
             raise pytest.UsageError(f"--sae {value}: unknown backbone {backbone!r}; known: {', '.join(REGISTRY)}")
         if not sae_name:
             raise pytest.UsageError(f"--sae {value}: the SAE needs a name, e.g. --sae planted/my-sae=PATH")
+        _check_name(sae_name, f"--sae {value}: SAE name")
         if sae_name in recipes:
             raise pytest.UsageError(f"--sae {value}: {sae_name!r} is also a baseline recipe of this run; give the "
                                     "checkpoint another name or leave the recipe out of --sae-recipes")
@@ -84,6 +97,13 @@ def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[st
             raise pytest.UsageError(f"--sae {value}: no checkpoint at {path}; give the path of an SAE folder or file")
         found[name] = path
     return found
+
+
+def _check_name(name: str, what: str) -> None:
+    try:
+        check_name(name, what)
+    except InvalidName as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
@@ -123,7 +143,6 @@ def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions
 
 @pytest.fixture(scope="session")
 def plots_dir(pytestconfig: pytest.Config) -> Path:
-    explicit = pytestconfig.getoption("plots_dir")
-    path = Path(explicit) if explicit else Path(pytestconfig.rootpath) / "leaderboard" / "plots"
+    path = pytestconfig.stash[_PLOTS_KEY]
     path.mkdir(parents=True, exist_ok=True)
     return path

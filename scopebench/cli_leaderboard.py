@@ -12,11 +12,24 @@ from pathlib import Path
 DEFAULT_RESULTS_DIR = Path("leaderboard") / "results"
 
 
+def _unwritable(target: Path) -> str | None:
+    """Why the leaderboard cannot be written to ``target`` (checked before any rendering), or None."""
+    if target.is_dir():
+        return "is a folder; give a file path such as leaderboard/LEADERBOARD.md"
+    existing = next(p for p in target.resolve().parents if p.exists())
+    if not existing.is_dir():
+        return f"lies under {existing}, which is a file; give a path in a folder"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from scopebench.leaderboard import build_frame, load_results, render_markdown, render_text, write_leaderboard
     from scopebench.results import ResultFileError
 
     results_dir: Path = args.results_dir
+    if args.write is not None and (problem := _unwritable(args.write)):
+        print(f"error: --write {args.write}: {problem}", file=sys.stderr)
+        return 2
     if not results_dir.is_dir():
         print(f"error: no results folder at {results_dir}; run from the repository root or pass "
               "--results-dir PATH", file=sys.stderr)

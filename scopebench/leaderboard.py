@@ -11,7 +11,7 @@ from tabulate import tabulate
 from scopebench.backbones.registry import REGISTRY
 from scopebench.claims import indexed
 from scopebench.atomic import write_text_atomic
-from scopebench.results import ResultRecord, load_result
+from scopebench.results import ResultFileError, ResultRecord, load_result
 
 _EMD_OUT = indexed("attn_emd_out", 1)
 _EMD_NON = indexed("attn_emd_non", 1)
@@ -70,12 +70,23 @@ COLUMNS: dict[str, Callable[[ResultRecord], object]] = {
 }
 
 
-def load_results(results_dir: Path) -> list[ResultRecord]:
-    """Every ``*.json`` in ``results_dir`` (validated; a bad file raises naming it). Missing folder -> []."""
+def load_results(results_dir: Path, problems: list[str] | None = None) -> list[ResultRecord]:
+    """Every ``*.json`` in ``results_dir``, validated. Missing folder -> [].
+
+    A bad file raises naming it; with a ``problems`` list, it is skipped and its message appended instead.
+    """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    return [load_result(path) for path in sorted(results_dir.glob("*.json"))]
+    records = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            records.append(load_result(path))
+        except ResultFileError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+    return records
 
 
 def build_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:

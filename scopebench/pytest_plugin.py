@@ -57,6 +57,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where backbones run: auto (CUDA when available), cpu or cuda")
 
 
+def checked_folder(value: str | os.PathLike[str], flag: str) -> Path:
+    """``value`` as an absolute folder path the run can create or write, else a usage error at startup.
+
+    Checked before any test runs, so a folder option that names a file never loses a run's
+    results after it computed them.
+    """
+    path = Path(value).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise pytest.UsageError(f"{flag} {value}: {what}; give a folder (it is created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{flag} {value}: {existing} is not writable by this user; give another folder")
+    return path
+
+
 def _checked_weights(name: str, path: Path, origin: str) -> tuple[str, Path]:
     real = [n for n, spec in REGISTRY.items() if spec.source != "planted"]
     if name not in real:
@@ -101,6 +117,12 @@ def _parse_weights_flag(value: str) -> tuple[str, Path]:
     return _checked_weights(name.strip(), Path(raw).expanduser(), f"--weights {value}")
 
 
+def _cache_origin(option: str | None) -> str:
+    if option:
+        return "--cache-dir"
+    return f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default cache folder"
+
+
 def options_from_config(config: pytest.Config) -> ScopebenchOptions:
     """Validate the command-line options; errors are ``pytest.UsageError`` naming the fix."""
     config_file, flag = config.getoption("weights_config"), "--weights-config"
@@ -116,7 +138,7 @@ def options_from_config(config: pytest.Config) -> ScopebenchOptions:
     if device == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--device cuda: CUDA is not available here; use --device cpu or --device auto")
     return ScopebenchOptions(weights=MappingProxyType(weights), weights_config=config_path,
-                             cache_dir=Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(),
+                             cache_dir=checked_folder(cache_dir or default_cache_dir(), _cache_origin(cache_dir)),
                              device=device)
 
 

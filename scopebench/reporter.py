@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -22,9 +22,9 @@ from tabulate import tabulate
 
 from scopebench.claims import PAPER_TABLES, Verdict, evaluate, get_claim
 from scopebench.leaderboard import build_frame, load_results, render_text
+from scopebench.pytest_plugin import checked_folder
 from scopebench.results import (
-    BackboneInfo, ClaimVerdict, DatasetInfo, Definitions, ResultFileError, ResultRecord, SAEInfo,
-    collect_environment, save_merged,
+    BackboneInfo, ClaimVerdict, DatasetInfo, Definitions, ResultRecord, SAEInfo, collect_environment, result_path, save_merged,
 )
 
 FIXTURE_NAME = "claim_report"
@@ -93,6 +93,7 @@ class ClaimReport:
         self._nodeid = nodeid
 
     def _pending(self, backbone: str, sae: str) -> PendingResult:
+        result_path(Path("."), backbone, sae)  # the name rule, before anything is recorded
         key = (backbone, sae)
         if key not in self._session.pending:
             self._session.pending[key] = PendingResult(BackboneInfo(name=backbone), SAEInfo(name=sae))
@@ -185,6 +186,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = SessionClaims()
+    option = config.getoption("--results-dir")
+    config.stash[_RESULTS_DIR_KEY] = (checked_folder(option, "--results-dir") if option
+                                      else config.rootpath / "leaderboard" / "results")
 
 
 @pytest.fixture
@@ -257,13 +261,86 @@ def _records(session: SessionClaims, repo_dir: Path) -> list[ResultRecord]:
 
 
 def results_dir_of(config: pytest.Config) -> Path:
-    option = config.getoption("--results-dir")
-    return Path(option) if option else config.rootpath / "leaderboard" / "results"
+    return config.stash[_RESULTS_DIR_KEY]
+
+
+_RESULTS_DIR_KEY = pytest.StashKey[Path]()
+_WORKER_OUTPUT = "scopebench_claims"  # key of a pytest-xdist worker's session, sent to the controller
+
+
+def _session_to_json(session: SessionClaims) -> str:
+    return json.dumps({
+        "rows": [asdict(row) for row in session.rows],
+        "outcomes": session.outcomes,
+        "pending": [{"backbone": p.backbone.model_dump(mode="json"), "sae": p.sae.model_dump(mode="json"),
+                     "datasets": {k: v.model_dump(mode="json") for k, v in p.datasets.items()},
+                     "definitions": p.definitions, "measurements": p.measurements,
+                     "claims": {k: v.model_dump(mode="json") for k, v in p.claims.items()}, "device": p.device}
+                    for p in session.pending.values()],
+    })
+
+
+def _merge_worker_session(session: SessionClaims, text: str) -> None:
+    """Fold a worker's session into the controller's (disjoint tests; the same (backbone, SAE) merges)."""
+    data = json.loads(text)
+    session.rows.extend(CaseRow(**row) for row in data["rows"])
+    session.outcomes.update({k: tuple(v) for k, v in data["outcomes"].items()})
+    for raw in data["pending"]:
+        found = PendingResult(
+            BackboneInfo(**raw["backbone"]), SAEInfo(**raw["sae"]),
+            datasets={k: DatasetInfo(**v) for k, v in raw["datasets"].items()}, definitions=raw["definitions"],
+            measurements=raw["measurements"], claims={k: ClaimVerdict(**v) for k, v in raw["claims"].items()},
+            device=raw["device"])
+        key = (found.backbone.name, found.sae.name)
+        mine = session.pending.setdefault(key, found)
+        if mine is found:
+            continue
+        for table, values in found.measurements.items():
+            mine.measurements.setdefault(table, {}).update(values)
+        mine.datasets.update(found.datasets)
+        mine.definitions.update(found.definitions)
+        mine.claims.update(found.claims)
+        if found.sae.config or found.sae.checkpoint_sha256:
+            mine.sae = found.sae
+        if found.backbone.weights_id:
+            mine.backbone = found.backbone
+        if found.device != "cpu":
+            mine.device = found.device
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker, hand this worker's claims to the controller, which reports them once."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    claims = session.config.stash.get(SESSION_KEY, None)
+    if workeroutput is not None and claims is not None:
+        workeroutput[_WORKER_OUTPUT] = _session_to_json(claims)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist (controller): a worker finished; merge what it measured."""
+    text = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
+    if text is not None:
+        _merge_worker_session(node.config.stash[SESSION_KEY], text)
+
+
+def _save(session: SessionClaims, results_dir: Path, repo_dir: Path, terminalreporter: Any) -> None:
+    """Write every record of the session; one that cannot be written is named, the others still land."""
+    for record in _records(session, repo_dir):
+        try:
+            path, note = save_merged(record, results_dir)
+        except (OSError, ValueError) as exc:
+            terminalreporter.write_line(f"scopebench: results of {record.backbone.name}/{record.sae.name} "
+                                        f"not written: {exc}", red=True)
+            continue
+        terminalreporter.write_line(f"scopebench: wrote {path}")
+        if note:
+            terminalreporter.write_line(f"scopebench: {note}", yellow=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.outcomes:
+    if session is None or not session.outcomes or hasattr(config, "workerinput"):
         return
     rows = _finalise_rows(session)
     terminalreporter.section("scopebench claims")
@@ -278,13 +355,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if config.getoption("--no-results") or not session.pending:
         return
     results_dir = results_dir_of(config)
-    try:
-        for record in _records(session, config.rootpath):
-            path = save_merged(record, results_dir)
-            terminalreporter.write_line(f"scopebench: wrote {path}")
-        frame = build_frame(load_results(results_dir))
-    except ResultFileError as exc:
-        terminalreporter.write_line(f"scopebench: results not written: {exc}", red=True)
-        return
+    _save(session, results_dir, config.rootpath, terminalreporter)
+    problems: list[str] = []
+    frame = build_frame(load_results(results_dir, problems))
+    for problem in problems:
+        terminalreporter.write_line(f"scopebench: left out of the leaderboard: {problem}", red=True)
     terminalreporter.section("scopebench leaderboard")
     terminalreporter.write_line(render_text(frame))

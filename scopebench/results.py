@@ -10,15 +10,17 @@ import datetime as _dt
 import json
 import math
 import platform
-import re
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scopebench.atomic import write_text_atomic
+from scopebench.names import check_name
 
 SCHEMA_VERSION = 1
 
@@ -166,12 +168,17 @@ def collect_environment(device: str = "cpu", repo_dir: Path | None = None) -> En
     )
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+BACKBONE_LEVEL_SAE = "-"
+"""The SAE slot of records that need no SAE (attention EMD); outside the name rule, so no SAE can take it."""
 
 
 def result_path(results_dir: Path, backbone: str, sae: str) -> Path:
-    """``<results_dir>/<backbone>__<sae>.json`` with path-unsafe characters replaced."""
-    return Path(results_dir) / f"{_UNSAFE.sub('-', backbone)}__{_UNSAFE.sub('-', sae)}.json"
+    """``<results_dir>/<backbone>__<sae>.json``; both names follow :mod:`scopebench.names` (never cleaned,
+    so two names cannot share a file and none can leave ``results_dir``)."""
+    check_name(backbone, "backbone name")
+    if sae != BACKBONE_LEVEL_SAE:
+        check_name(sae, "SAE name")
+    return Path(results_dir) / f"{backbone}__{sae}.json"
 
 
 def write_result(record: ResultRecord, path: Path) -> None:
@@ -228,10 +235,37 @@ def merge_results(old: ResultRecord, new: ResultRecord) -> ResultRecord:
     })
 
 
-def save_merged(record: ResultRecord, results_dir: Path) -> Path:
-    """Merge ``record`` into its file under ``results_dir`` (creating it if absent); returns the path."""
+def _lock_for(path: Path) -> FileLock:
+    """One lock per results folder (a hidden file): merges are short, so writers of different files can wait."""
+    return FileLock(str(path.with_name(".results.lock")))
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable result file to ``<name>.corrupt-<n>`` (kept for inspection, never read again)."""
+    n = 0
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
+def save_merged(record: ResultRecord, results_dir: Path) -> tuple[Path, str | None]:
+    """Merge ``record`` into its file under ``results_dir`` (creating it if absent).
+
+    The read-merge-write holds a lock on the file, so two processes saving the same
+    (backbone, SAE) at once both land.  An existing file that cannot be read is set aside
+    (renamed, not deleted) and the new record is written alone.  Returns the path and a
+    note saying what was set aside, if anything.
+    """
     path = result_path(results_dir, record.backbone.name, record.sae.name)
-    if path.exists():
-        record = merge_results(load_result(path), record)
-    write_result(record, path)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    note = None
+    with _lock_for(path):
+        if path.exists():
+            try:
+                record = merge_results(load_result(path), record)
+            except ResultFileError as exc:
+                aside = set_aside(path)
+                note = f"{exc}; moved it to {aside.name} and wrote this run's results alone"
+        write_result(record, path)
+    return path, note

@@ -12,8 +12,9 @@ class _Config:
     """The two things the option checks read from a pytest config: getoption and the stash."""
 
     def __init__(self, sae: list[str], recipes: str = "batchtopk,topk") -> None:
-        self.options = {"sae": sae, "sae_recipes": recipes}
+        self.options = {"sae": sae, "sae_recipes": recipes, "plots_dir": None}
         self.stash = pytest.Stash()
+        self.rootpath = Path(".")
 
     def getoption(self, name: str):
         return self.options[name]
@@ -51,3 +52,27 @@ def test_checkpoints_join_the_recipes_of_the_backbone_they_are_bound_to(checkpoi
     bench_plugin.pytest_configure(config)
     assert bench_plugin.sae_variants(config, "planted") == ["batchtopk", "topk", "mine", "everywhere"]
     assert bench_plugin.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "everywhere"]
+
+
+@pytest.mark.parametrize(("sae", "recipes", "message"), [
+    (["planted/-={ckpt}"], "batchtopk", "SAE name '-': the name must start with a letter or a digit"),
+    (["planted/my sae={ckpt}"], "batchtopk", "contains ' '"),
+    (["planted/ça={ckpt}"], "batchtopk", "contains 'ç'"),
+    (["planted/" + "x" * 300 + "={ckpt}"], "batchtopk", "300 characters"),
+    ([], "../baselines/batchtopk", "recipe name '../baselines/batchtopk'"),
+    (["planted/Mine={ckpt}", "planted/mine={ckpt}"], "batchtopk", "differ only in case"),
+    (["planted/mine={ckpt}", "mine={ckpt}"], "batchtopk", "'mine' is given twice"),
+    ([], "batchtopk,batchtopk", "'batchtopk' is given twice"),
+])
+def test_names_breaking_the_rule_stop_the_run_at_startup(checkpoint: Path, sae: list[str], recipes: str,
+                                                         message: str) -> None:
+    """Each of these used to compute everything and then collide, crash or escape when results were written."""
+    with pytest.raises(pytest.UsageError, match="names must be|differ only in case|given twice") as err:
+        bench_plugin.pytest_configure(_Config([v.format(ckpt=checkpoint) for v in sae], recipes=recipes))
+    assert message in str(err.value)
+
+
+def test_checkpoints_bound_to_different_backbones_may_share_a_name(checkpoint: Path) -> None:
+    config = _Config([f"planted/mine={checkpoint}", f"dinov2-b/mine={checkpoint}"])
+    bench_plugin.pytest_configure(config)
+    assert bench_plugin.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "mine"]

@@ -84,3 +84,18 @@ def test_bad_result_file_is_named_with_exit_2(results, tmp_path, capsys, content
         assert code == 2 and out == ""
         assert err.startswith(f"error: bad result file: {bad}") and problem in err
     assert not target.exists()
+
+
+@pytest.mark.parametrize(("target", "message"), [("", "is a folder"), ("afile/LEADERBOARD.md", "which is a file")])
+def test_write_target_that_cannot_hold_a_file_is_an_error_not_a_traceback(results, tmp_path, capsys, target,
+                                                                          message):
+    (tmp_path / "afile").write_text("keep me")
+    code, out, err = _cli(capsys, "leaderboard", "--results-dir", str(results), "--write", str(tmp_path / target))
+    assert code == 2 and out == "" and f"--write {tmp_path / target}" in err and message in err
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_results_dir_that_is_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _cli(capsys, "leaderboard", "--results-dir", str(tmp_path / "afile"))
+    assert code == 2 and "no results folder at" in err

@@ -93,7 +93,7 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
                                                                              "attn_emd_out[s=1]": 6.96}
     assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed"}
     assert data["datasets"]["table6"]["n_tokens"] == 64 and data["definitions"]["tau"] == 100.0
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, "siglip2-b__topk.json"]
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [path.name, "siglip2-b__topk.json"]
 
     board = lines[next(i for i, line in enumerate(lines) if "scopebench leaderboard" in line):]
     board_row = next(line for line in board if line.startswith("dinov2-b"))
@@ -116,7 +116,7 @@ def test_results_dir_and_no_results_options(pytester: pytest.Pytester, tmp_path:
     _setup(pytester)
     target = tmp_path / "elsewhere"
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "--results-dir", str(target))
-    assert sorted(p.name for p in target.iterdir()) == ["dinov2-b__topk.json", "siglip2-b__topk.json"]
+    assert sorted(p.name for p in target.glob("*.json")) == ["dinov2-b__topk.json", "siglip2-b__topk.json"]
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-results")
     assert any("scopebench claims" in line for line in result.outlines)
     assert not (pytester.path / "leaderboard").exists()
@@ -130,14 +130,49 @@ def test_session_without_bench_cases_prints_and_writes_nothing(pytester: pytest.
     assert not (pytester.path / "leaderboard").exists()
 
 
-def test_bad_existing_result_is_reported_not_overwritten(pytester: pytest.Pytester) -> None:
+def test_bad_existing_result_is_set_aside_and_this_runs_results_land(pytester: pytest.Pytester) -> None:
     _setup(pytester)
     results = pytester.path / "leaderboard" / "results"
     results.mkdir(parents=True)
     (results / "dinov2-b__topk.json").write_text("{not json")
+    (results / "clip-b16__other.json").write_text('{"schema_version": 1}')  # unrelated and invalid
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["*results not written*dinov2-b__topk.json*not valid JSON*"])
-    assert (results / "dinov2-b__topk.json").read_text() == "{not json"
+    result.stdout.fnmatch_lines(["*dinov2-b__topk.json*not valid JSON*moved it to dinov2-b__topk.json.corrupt-0*",
+                                 "*left out of the leaderboard*clip-b16__other.json*"])
+    assert (results / "dinov2-b__topk.json.corrupt-0").read_text() == "{not json"  # kept, never read again
+    assert json.loads((results / "dinov2-b__topk.json").read_text())["sae"]["name"] == "topk"
+    assert json.loads((results / "siglip2-b__topk.json").read_text())["sae"]["name"] == "topk"
+    assert (results / "clip-b16__other.json").read_text() == '{"schema_version": 1}'
+    board = result.outlines[next(i for i, line in enumerate(result.outlines) if "scopebench leaderboard" in line):]
+    assert any(line.startswith("dinov2-b") for line in board) and any(line.startswith("siglip2-b") for line in board)
+
+
+@pytest.mark.parametrize("flag", ["--results-dir", "--cache-dir", "--plots-dir"])
+def test_a_folder_option_naming_a_file_stops_the_run_before_any_test(pytester: pytest.Pytester, flag: str) -> None:
+    _setup(pytester)
+    pytester.makeconftest('pytest_plugins = ["scopebench.pytest_plugin", "scopebench.reporter", '
+                          '"scopebench.bench_plugin"]\n')
+    (pytester.path / "afile").write_text("x")
+    for value in ("afile", "afile/sub"):
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", flag, value)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*{flag} {value}:*file*give a folder*"])
+        assert not (pytester.path / "leaderboard").exists()
+
+
+def test_xdist_run_reports_claims_and_leaderboard_once(pytester: pytest.Pytester) -> None:
+    """With -n 2 the cases run in workers; the controller prints one claims table, one leaderboard, and writes
+    the results (they used to stay in the workers and be lost)."""
+    pytest.importorskip("xdist")
+    _setup(pytester)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    assert sum("scopebench claims" in line for line in result.outlines) == 1
+    assert sum("scopebench leaderboard" in line for line in result.outlines) == 1
+    table = result.outlines[next(i for i, line in enumerate(result.outlines) if "scopebench claims" in line):]
+    assert sum(line.startswith("test_two_claims_one_fails") for line in table) == 2
+    assert any(line.startswith("test_no_weights") and line.endswith("SKIP") for line in table)
+    data = json.loads((pytester.path / "leaderboard" / "results" / "dinov2-b__topk.json").read_text())
+    assert set(data["measurements"]) == {"table6", "table7"}
 
 
 def test_bad_calls_fail_the_case_with_a_clear_message(pytester: pytest.Pytester) -> None:

@@ -18,7 +18,7 @@ ENV = Environment(python="3.12.0", torch="2.4.0", device="cpu", date_utc="2026-0
 
 def _record(measurements: dict, claims: dict | None = None, sha: str | None = "abc", **defs: object) -> ResultRecord:
     return ResultRecord(
-        backbone=BackboneInfo(name="planted"), sae=SAEInfo(name="topk/32", config={"k": 32}, checkpoint_sha256=sha),
+        backbone=BackboneInfo(name="planted"), sae=SAEInfo(name="topk-32", config={"k": 32}, checkpoint_sha256=sha),
         datasets={"table6": DatasetInfo(name="scenes", identity="seed=0", n_images=8, n_tokens=1568)},
         definitions=Definitions(**defs), measurements=measurements, claims=claims or {}, environment=ENV,
     )
@@ -26,8 +26,8 @@ def _record(measurements: dict, claims: dict | None = None, sha: str | None = "a
 
 def test_roundtrip_turns_nan_into_null(tmp_path: Path) -> None:
     record = _record({"table6": {"fvu_a": 0.25, "fvu_o": math.nan}}, cds_k=10, tau="auto", tau_value=3.5)
-    path = result_path(tmp_path, "planted", "topk/32")
-    assert path.name == "planted__topk-32.json"
+    path = result_path(tmp_path, "planted", "topk-32")
+    assert path == tmp_path / "planted__topk-32.json"
     write_result(record, path)
     raw = json.loads(path.read_text())
     assert raw["measurements"]["table6"] == {"fvu_a": 0.25, "fvu_o": None}
@@ -94,7 +94,8 @@ def test_merge_updates_what_ran_and_keeps_the_rest(tmp_path: Path) -> None:
     assert (merged.definitions.cds_k, merged.definitions.cds_shift, merged.definitions.gamma) == (10, 1, 0.2)
 
     save_merged(old, tmp_path)
-    path = save_merged(new, tmp_path)
+    path, note = save_merged(new, tmp_path)
+    assert note is None
     assert load_result(path).measurements == merged.measurements
 
 
@@ -105,12 +106,12 @@ def test_merge_drops_results_of_another_checkpoint() -> None:
     unpinned = _record({"table7": {"attn_emd_out[s=1]": 5.0}}, sha=None)  # written before weights were hashed
     assert merge_results(unpinned, new).measurements == {"table6": {"fvu_a": 0.15}}
     reconfigured = _record({"table6": {"fvu_a": 0.15}}, sha=None)
-    reconfigured = reconfigured.model_copy(update={"sae": SAEInfo(name="topk/32", config={"k": 64})})
+    reconfigured = reconfigured.model_copy(update={"sae": SAEInfo(name="topk-32", config={"k": 64})})
     assert merge_results(_record({"table7": {"attn_emd_out[s=1]": 5.0}}, sha=None), reconfigured).measurements == \
         {"table6": {"fvu_a": 0.15}}
     same = _record({"table6": {"fvu_a": 0.15}}, sha="old")
     assert "table7" in merge_results(old, same).measurements
-    other = ResultRecord(backbone=BackboneInfo(name="dinov2-b"), sae=SAEInfo(name="topk/32"), environment=ENV)
+    other = ResultRecord(backbone=BackboneInfo(name="dinov2-b"), sae=SAEInfo(name="topk-32"), environment=ENV)
     with pytest.raises(ValueError, match="cannot merge"):
         merge_results(old, other)
 
