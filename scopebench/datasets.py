@@ -83,14 +83,16 @@ def _open(purpose: str, root: Path | None, task: str, evaluation: bool) -> Image
         raise DatasetUnavailable(
             f"the bench stage {purpose!r} needs real images: pass --data-root DIR (or set SCOPEBENCH_DATA) "
             f"holding imagenet/, ade20k/ and nyud/ as described in scopebench/datasets.py")
-    try:
-        if task == "seg":
-            return ADE20K(root / "ade20k" / "ADEChallengeData2016", "validation" if evaluation else "training")
-        if task == "depth":
-            return NYUDepthV2(root / "nyud", "test" if evaluation else "train")
-        return ImageNet(root / "imagenet", "val" if evaluation else "train")
-    except FileNotFoundError as err:
-        raise DatasetUnavailable(f"bench stage {purpose!r}: {err}") from None
+    folder = {"seg": root / "ade20k", "depth": root / "nyud", "cls": root / "imagenet"}[task]
+    if not folder.exists():
+        raise DatasetUnavailable(f"bench stage {purpose!r}: no {folder.name}/ under the data root {root}; put the "
+                                 "dataset there in the layout described in scopebench/datasets.py")
+    # The dataset folder is there, so the user means to use it: a malformed tree is an error, not a skip.
+    if task == "seg":
+        return ADE20K(folder / "ADEChallengeData2016", "validation" if evaluation else "training")
+    if task == "depth":
+        return NYUDepthV2(folder, "test" if evaluation else "train")
+    return ImageNet(folder, "val" if evaluation else "train")
 
 
 def _stage_images(purpose: str, n: int, root: Path | None) -> ImageDataset:

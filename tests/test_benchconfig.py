@@ -47,9 +47,13 @@ class _OfficialSplit:
 
 
 @pytest.fixture
-def official_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+def official_splits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A data root whose three dataset folders exist, read by loaders that report the official split sizes."""
     for loader in ("ImageNet", "ADE20K", "NYUDepthV2"):
         monkeypatch.setattr(data_module, loader, _OfficialSplit)
+    for folder in ("imagenet", "ade20k", "nyud"):
+        (tmp_path / folder).mkdir()
+    return tmp_path
 
 
 def _indices(dataset) -> set[int]:
@@ -60,7 +64,7 @@ def _indices(dataset) -> set[int]:
 def test_paper_scale_probe_splits_are_disjoint_and_use_the_small_evaluation_splits_whole(
         official_splits, backbone: str) -> None:
     spec = get_spec(backbone)
-    root = Path("/data")
+    root = official_splits
     expected_test = {"cls": ("imagenet:val", 50_000), "seg": ("ade20k:validation", 2_000),
                      "depth": ("nyud:test", 654)}
     expected_train_split = {"cls": ("imagenet:train", 50_000), "seg": ("ade20k:training", 20_210 - 1_000),
@@ -80,7 +84,7 @@ def test_a_training_split_too_small_for_the_validation_part_is_an_error_naming_t
         official_splits, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(_OfficialSplit.SIZES, ("nyud", "train"), 60)
     with pytest.raises(ValueError, match=r"has 60 images, too few to hold out 80 .*task_probe_images\['depth'\]"):
-        bench_dataset(get_spec("dinov2-b"), "probe-depth-train", PAPER_SCALE, Path("/data"))
+        bench_dataset(get_spec("dinov2-b"), "probe-depth-train", PAPER_SCALE, official_splits)
 
 
 @pytest.mark.parametrize("scale_name", ["PLANTED_SCALE", "PAPER_SCALE"])
@@ -96,3 +100,17 @@ def test_every_baseline_trains_well_past_its_warmup_at_both_scales(scale_name: s
     tokens = recipe.n_tokens or recipe.epochs * scale.train_images * min(recipe.tokens_per_image, stored_per_image)
     steps = tokens // recipe.batch_size
     assert steps >= 4 * recipe.lr_warmup_steps, (steps, recipe.lr_warmup_steps)
+
+
+def test_missing_dataset_is_unavailable_but_a_malformed_one_is_an_error(tmp_path: Path) -> None:
+    """A skip for data that is not there; a tree the user put there but got wrong must not turn the run green."""
+    from scopebench.data.files import DatasetLayoutError
+    from scopebench.datasets import DatasetUnavailable
+
+    spec = get_spec("dinov2-b")
+    with pytest.raises(DatasetUnavailable, match="no imagenet/ under the data root"):
+        bench_dataset(spec, "eval", PAPER_SCALE, tmp_path)
+    (tmp_path / "imagenet" / "val").mkdir(parents=True)  # no train/, no class folders
+    with pytest.raises(DatasetLayoutError) as err:
+        bench_dataset(spec, "eval", PAPER_SCALE, tmp_path)
+    assert not isinstance(err.value, DatasetUnavailable) and "expected layout" in str(err.value)
