@@ -20,7 +20,7 @@ from scopebench.backbones.registry import REGISTRY
 from scopebench.claims import get_claim
 from scopebench.names import InvalidName, check_distinct, check_name
 from scopebench.pytest_plugin import ScopebenchOptions, checked_folder
-from scopebench.sae.recipe import BASELINES_DIR
+from scopebench.sae.recipe import BASELINES_DIR, RecipeError, check_recipes
 from scopebench.workbench import Unavailable, Workbench
 
 DEFAULT_RECIPES = ("batchtopk", "topk", "relu", "jumprelu", "matryoshka")
@@ -73,6 +73,10 @@ def _checked_recipes(config: pytest.Config) -> list[str]:
     if unknown:
         known = sorted(p.stem for p in BASELINES_DIR.glob("*.json"))
         raise pytest.UsageError(f"--sae-recipes: unknown recipe(s) {unknown}; known: {known}")
+    try:
+        check_recipes(recipes)  # every recipe of the run, before any case trains one
+    except RecipeError as err:
+        raise pytest.UsageError(f"--sae-recipes: {err}") from None
     return recipes
 
 

@@ -30,11 +30,11 @@ def recipe_row(name: str, recipe: SAERecipe) -> list[str]:
             f"{recipe.lr:g}", str(recipe.batch_size), tokens]
 
 
-def load_recipes(folder: Path) -> list[tuple[str, SAERecipe]]:
-    """Every ``*.json`` recipe of ``folder`` by name; a bad file raises naming it."""
-    from scopebench.sae.recipe import load_recipe
+def load_recipes(folder: Path) -> tuple[list[tuple[str, SAERecipe]], list[tuple[Path, str]]]:
+    """Every ``*.json`` recipe of ``folder``: ``(good [(name, recipe)], bad [(file, problem)])``."""
+    from scopebench.sae.recipe import load_recipes as load_each
 
-    return [(path.stem, load_recipe(path)) for path in sorted(folder.glob("*.json"))]
+    return load_each(sorted(folder.glob("*.json")))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,18 +44,22 @@ def _run(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         print(f"error: no baselines folder at {folder}; pass --baselines-dir PATH", file=sys.stderr)
         return 2
-    try:
-        recipes = load_recipes(folder)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not recipes:
+    recipes, bad = load_recipes(folder)
+    if not recipes and not bad:
         print(f"no recipes (*.json) in {folder}")
         return 0
-    print(tabulate([recipe_row(name, recipe) for name, recipe in recipes], headers=_HEADERS, disable_numparse=True))
-    print(f"\nexpansion: latents per token dimension; k: active latents per token (– where the architecture has "
-          f"none); tokens: training budget.\nrecipes in {folder}; the bench trains those named by "
-          "`pytest bench --sae-recipes topk,relu`.")
+    if recipes:
+        print(tabulate([recipe_row(name, recipe) for name, recipe in recipes], headers=_HEADERS,
+                       disable_numparse=True))
+        print(f"\nexpansion: latents per token dimension; k: active latents per token (– where the architecture "
+              f"has none); tokens: training budget.\nrecipes in {folder}; the bench trains those named by "
+              "`pytest bench --sae-recipes topk,relu`.")
+    for _, problem in bad:
+        print(f"error: {problem}", file=sys.stderr)
+    if bad:
+        print(f"{len(bad)} invalid recipe(s) in {folder}: {', '.join(path.name for path, _ in bad)}; the bench "
+              "refuses to start while a recipe it names is invalid", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -63,7 +67,8 @@ def register_recipes(subparsers: argparse._SubParsersAction) -> None:
     """``scopebench recipes [--baselines-dir DIR]``."""
     parser = subparsers.add_parser(
         "recipes", help="list the baseline SAE recipes: architecture, expansion, k, lr, batch, tokens",
-        description="List the baseline SAE training recipes (one JSON file each). Exit 2 if a recipe is invalid.")
+        description="List the baseline SAE training recipes (one JSON file each); invalid ones are named with "
+                    "their problem on stderr. Exit 2 if any recipe is invalid.")
     parser.add_argument("--baselines-dir", type=Path, default=None,
                         help="folder of recipe JSON files (default: baselines/ of the scopebench checkout)")
     parser.set_defaults(handler=_run)

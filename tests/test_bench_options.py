@@ -76,3 +76,17 @@ def test_checkpoints_bound_to_different_backbones_may_share_a_name(checkpoint: P
     config = _Config([f"planted/mine={checkpoint}", f"dinov2-b/mine={checkpoint}"])
     bench_plugin.pytest_configure(config)
     assert bench_plugin.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "mine"]
+
+
+def test_a_bad_recipe_stops_the_run_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not per case after other cases trained for minutes: the file and the field are named before any test."""
+    from scopebench.sae import recipe as recipe_module
+
+    for name in ("batchtopk", "topk"):
+        (tmp_path / f"{name}.json").write_text((recipe_module.BASELINES_DIR / f"{name}.json").read_text())
+    (tmp_path / "topk.json").write_text('{"architecture": "topk", "k": 0}')
+    monkeypatch.setattr(recipe_module, "BASELINES_DIR", tmp_path)
+    monkeypatch.setattr(bench_plugin, "BASELINES_DIR", tmp_path)
+    with pytest.raises(pytest.UsageError, match=r"--sae-recipes: 1 of 2 SAE recipes are invalid") as err:
+        bench_plugin.pytest_configure(_Config([]))
+    assert "topk.json" in str(err.value) and "k" in str(err.value)

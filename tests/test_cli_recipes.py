@@ -52,7 +52,8 @@ def test_bad_recipes_are_named_with_exit_2(tmp_path: Path, capsys):
     bad = tmp_path / "typo.json"
     bad.write_text(json.dumps({"architecture": "topk", "expansion": 32}))
     code, out, err = _cli(capsys, "recipes", "--baselines-dir", str(tmp_path))
-    assert code == 2 and out == "" and str(bad) in err and "expansion" in err and "Extra inputs" in err
+    assert code == 2 and out == "" and str(bad) in err and "expansion: unknown field" in err
+    assert "did you mean 'expansion_factor'?" in err
     bad.write_text("{architecture: topk}")
     code, _, err = _cli(capsys, "recipes", "--baselines-dir", str(tmp_path))
     assert code == 2 and f"recipe {bad} is not valid JSON" in err
@@ -61,3 +62,16 @@ def test_bad_recipes_are_named_with_exit_2(tmp_path: Path, capsys):
     bad.unlink()
     code, out, _ = _cli(capsys, "recipes", "--baselines-dir", str(tmp_path))
     assert code == 0 and out == f"no recipes (*.json) in {tmp_path}\n"
+
+
+def test_good_recipes_are_listed_and_each_bad_one_is_named_with_its_problem(tmp_path: Path, capsys):
+    (tmp_path / "good.json").write_text(json.dumps({"architecture": "topk", "k": 8}))
+    (tmp_path / "syntax.json").write_text("{architecture: topk}")
+    (tmp_path / "range.json").write_text(json.dumps({"architecture": "relu", "lr": -1}))
+    (tmp_path / "zgood.json").write_text(json.dumps({"architecture": "relu"}))
+    code, out, err = _cli(capsys, "recipes", "--baselines-dir", str(tmp_path))
+    assert code == 2
+    assert [row["name"] for row in parse_table(out, "name")] == ["good", "zgood"]
+    assert f"recipe {tmp_path / 'syntax.json'} is not valid JSON" in err
+    assert f"invalid SAE recipe {tmp_path / 'range.json'}:\n  - lr: Input should be greater than 0 (got -1)" in err
+    assert "2 invalid recipe(s)" in err and "range.json, syntax.json" in err and "good.json" not in err

@@ -313,8 +313,8 @@ def test_custom_class_is_instantiated_with_its_config_and_checked(custom_module)
     x = _x()[:, :3]
     torch.testing.assert_close(sae.decode(sae.encode(x)), x)
     assert load_sae(f"{custom_module}:Doubler").d_in == 4
-    with pytest.raises(TypeError, match=r"missing \['d_sae', 'W_dec', 'config', 'decode'\]"):
-        load_sae(f"{custom_module}:Incomplete")
+    with pytest.raises(TypeError, match=r"Incomplete does not satisfy .*the class lacks the methods \['decode'\]"):
+        load_sae(f"{custom_module}:Incomplete")  # checked on the class, before it is instantiated
     with pytest.raises(ValueError, match="cannot import SAE class"):
         load_sae(f"{custom_module}:Nope")
     with pytest.raises(ValueError, match="d_in=3 but the backbone's tokens have d_in=5"):

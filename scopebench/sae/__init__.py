@@ -14,8 +14,9 @@ from scopebench.sae.base import SparseAutoencoder
 from scopebench.sae.checkpoint import load_native, save_sae
 from scopebench.sae.foreign import ForeignSAE
 from scopebench.sae.loading import load_sae
-from scopebench.sae.recipe import SAERecipe, load_recipe
+from scopebench.sae.recipe import RecipeError, SAERecipe, check_recipes, load_recipe
 from scopebench.sae.training import TrainResult, train_sae
+from scopebench.sae.validation import SAEConfigError
 
 __all__ = [
     "ARCHITECTURES",
@@ -24,11 +25,14 @@ __all__ = [
     "JumpReLUSAE",
     "MatryoshkaSAE",
     "ReLUSAE",
+    "RecipeError",
+    "SAEConfigError",
     "SAERecipe",
     "SparseAutoencoder",
     "TopKSAE",
     "TrainResult",
     "build_sae",
+    "check_recipes",
     "load_native",
     "load_recipe",
     "load_sae",

@@ -1,20 +1,106 @@
 """Our SAE architectures and the ``build_sae`` factory keyed by architecture name."""
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from scopebench.sae.dictionary import _EPS, DictionarySAE
 from scopebench.sae.sparse_ops import Selection, batch_topk_flat_indices, gathered_pre_activations, sparse_decode
+from scopebench.sae.validation import ConfigFloat, ConfigInt, SAEConfigError, validate_model
+
+DEFAULT_GROUP_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+def matryoshka_prefix_sizes(fractions: Iterable[float], d_sae: int) -> list[int]:
+    """Prefix sizes of ``group_fractions``; they must strictly increase and end at ``d_sae``."""
+    fractions = list(fractions)
+    sizes = [max(1, round(f * d_sae)) for f in fractions]
+    if not sizes or sizes[-1] != d_sae or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise ValueError(f"group_fractions {fractions} give prefix sizes {sizes} for d_sae={d_sae}: they "
+                         "must strictly increase and end at d_sae (fraction 1.0); drop fractions that round "
+                         "to the same size")
+    return sizes
+
+
+# --- config schemas: what each architecture reads from its config (config.json of a native checkpoint).
+# Keys the architecture does not read (training hyperparameters recorded with the weights) are kept as they are.
+
+
+class SAEConfigSchema(BaseModel):
+    """Fields every architecture reads.  Strict: ``"32"``, ``32.0`` or ``true`` are not integers."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    architecture: str
+    d_in: ConfigInt = Field(gt=0, description="a positive integer: the token dimension of the backbone layer")
+    d_sae: ConfigInt | None = Field(None, gt=0, description="a positive integer: the number of latents")
+    expansion_factor: ConfigInt | None = Field(None, gt=0, description="a positive integer: d_sae / d_in "
+                                               "(used only when d_sae is not set)")
+
+    @model_validator(mode="after")
+    def _needs_a_size(self) -> SAEConfigSchema:
+        if self.d_sae is None and self.expansion_factor is None:
+            raise ValueError("d_sae: missing; set 'd_sae' (the number of latents) or 'expansion_factor'")
+        return self
+
+    @property
+    def resolved_d_sae(self) -> int:
+        return self.d_sae if self.d_sae is not None else self.d_in * int(self.expansion_factor or 0)
+
+
+class TopKConfigSchema(SAEConfigSchema):
+    k: ConfigInt = Field(ge=1, description="an integer in [1, d_sae]: the active latents per token")
+    aux_k: ConfigInt = Field(256, ge=1, description="a positive integer: dead latents used by the AuxK loss")
+    aux_k_coeff: ConfigFloat = Field(1 / 32, ge=0, description="a finite number >= 0: the AuxK loss weight")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> TopKConfigSchema:
+        if self.k > self.resolved_d_sae:
+            raise ValueError(f"k: {self.k} exceeds d_sae={self.resolved_d_sae}; expected an integer in "
+                             f"[1, {self.resolved_d_sae}]: the active latents per token")
+        return self
+
+
+class MatryoshkaConfigSchema(TopKConfigSchema):
+    group_fractions: list[ConfigFloat] = Field(
+        default_factory=lambda: list(DEFAULT_GROUP_FRACTIONS),
+        description="fractions in (0, 1] that strictly increase to 1.0, e.g. [0.0625, 0.125, 0.25, 0.5, 1.0]")
+    group_weights: list[ConfigFloat] | None = Field(
+        None, description="null, or one finite weight >= 0 per entry of group_fractions")
+
+    @model_validator(mode="after")
+    def _groups(self) -> MatryoshkaConfigSchema:
+        fractions = self.group_fractions
+        if not fractions or any(not 0 < f <= 1 for f in fractions):
+            raise ValueError(f"group_fractions: {fractions} must be fractions in (0, 1] ending at 1.0, "
+                             "e.g. [0.0625, 0.125, 0.25, 0.5, 1.0]")
+        matryoshka_prefix_sizes(fractions, self.resolved_d_sae)
+        if self.group_weights is not None:
+            if len(self.group_weights) != len(fractions) or any(w < 0 for w in self.group_weights):
+                raise ValueError(f"group_weights: {self.group_weights} must be null or one weight >= 0 per entry "
+                                 f"of group_fractions {fractions}")
+        return self
+
+
+class ReLUConfigSchema(SAEConfigSchema):
+    l1_coeff: ConfigFloat = Field(1.0, ge=0, description="a finite number >= 0: the L1 penalty weight")
+
+
+class JumpReLUConfigSchema(SAEConfigSchema):
+    init_threshold: ConfigFloat = Field(0.1, gt=0, description="a finite number > 0: the initial threshold")
+    bandwidth: ConfigFloat = Field(0.05, gt=0, description="a finite number > 0: the straight-through kernel width")
+    sparsity_coeff: ConfigFloat = Field(1e-3, ge=0, description="a finite number >= 0: the L0 penalty weight")
 
 
 class TopKSAE(DictionarySAE):
     """Per-token top-``k`` of the ReLU pre-activations (Gao et al. 2024), with AuxK."""
 
     architecture = "topk"
+    config_schema: ClassVar[type[SAEConfigSchema]] = TopKConfigSchema
 
     @property
     def k(self) -> int:
@@ -108,17 +194,12 @@ class MatryoshkaSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka"
+    config_schema: ClassVar[type[SAEConfigSchema]] = MatryoshkaConfigSchema
 
     @property
     def prefix_sizes(self) -> list[int]:
         """One prefix size per entry of ``group_fractions``, in that order (so ``group_weights`` line up)."""
-        fractions = self.hparams.get("group_fractions", [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0])
-        sizes = [max(1, round(f * self.d_sae)) for f in fractions]
-        if sizes[-1] != self.d_sae or any(b <= a for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"group_fractions {fractions} give prefix sizes {sizes} for d_sae={self.d_sae}: they "
-                             "must strictly increase and end at d_sae (fraction 1.0); drop fractions that round "
-                             "to the same size")
-        return sizes
+        return matryoshka_prefix_sizes(self.hparams.get("group_fractions", DEFAULT_GROUP_FRACTIONS), self.d_sae)
 
     def training_loss(self, x, dead):
         x_c, pre, sel, values = self.sparse_forward(x)
@@ -144,6 +225,7 @@ class ReLUSAE(DictionarySAE):
     """ReLU codes with an L1 penalty (decoder rows are unit-norm, so no norm weighting)."""
 
     architecture = "relu"
+    config_schema: ClassVar[type[SAEConfigSchema]] = ReLUConfigSchema
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre_activations(x))
@@ -197,6 +279,7 @@ class JumpReLUSAE(DictionarySAE):
     """JumpReLU (Rajamanoharan et al. 2024): per-latent thresholds trained with an STE and an L0 penalty."""
 
     architecture = "jumprelu"
+    config_schema: ClassVar[type[SAEConfigSchema]] = JumpReLUConfigSchema
 
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__(d_in, d_sae, hparams)
@@ -234,19 +317,33 @@ ARCHITECTURES: dict[str, type[DictionarySAE]] = {
 _STRUCTURAL_KEYS = ("architecture", "d_in", "d_sae")
 
 
-def build_sae(config: dict[str, Any]) -> DictionarySAE:
+def validate_sae_config(config: Any, source: str = "SAE config") -> tuple[type[DictionarySAE], int, int]:
+    """``(architecture class, d_in, d_sae)`` of ``config``, its fields checked against the architecture's schema.
+
+    Raises :class:`~scopebench.sae.validation.SAEConfigError` naming ``source`` (e.g. the config.json path),
+    each bad field and what it should be; the config itself is not changed (unread keys are allowed).
+    """
+    if not isinstance(config, Mapping):
+        raise SAEConfigError(f"{source}: an SAE config must be a JSON object / dict, got {type(config).__name__}")
+    name = config.get("architecture")
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise SAEConfigError(f"{source}: unknown SAE architecture {name!r} (field 'architecture'); "
+                             f"known: {sorted(ARCHITECTURES)}")
+    if config.get("d_in") is None:
+        raise SAEConfigError(f"{source}: SAE config needs 'd_in' (the token dimension); set it or let train_sae "
+                             "infer it")
+    cls = ARCHITECTURES[name]
+    schema_model = getattr(cls, "config_schema", SAEConfigSchema)
+    schema = validate_model(schema_model, dict(config), source, f"{name} SAE config")
+    return cls, schema.d_in, schema.resolved_d_sae
+
+
+def build_sae(config: dict[str, Any], *, source: str = "SAE config") -> DictionarySAE:
     """Instantiate an (untrained, zero) SAE from ``{"architecture", "d_in", "d_sae", **hparams}``.
 
-    Recipe configs with ``expansion_factor`` instead of ``d_sae`` are accepted.
+    Recipe configs with ``expansion_factor`` instead of ``d_sae`` are accepted.  The fields the
+    architecture reads are validated first (types and ranges); errors name ``source``.
     """
-    name = config.get("architecture")
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown SAE architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    if config.get("d_in") is None:
-        raise ValueError("SAE config needs 'd_in' (the token dimension); set it or let train_sae infer it")
-    d_in = int(config["d_in"])
-    d_sae = config.get("d_sae") or d_in * int(config.get("expansion_factor", 0))
-    if not d_sae:
-        raise ValueError("SAE config needs 'd_sae' or 'expansion_factor'")
+    cls, d_in, d_sae = validate_sae_config(config, source)
     hparams = {k: v for k, v in config.items() if k not in _STRUCTURAL_KEYS}
-    return ARCHITECTURES[name](d_in, int(d_sae), hparams)
+    return cls(d_in, d_sae, hparams)

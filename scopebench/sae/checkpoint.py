@@ -13,6 +13,7 @@ from scopebench.sae.architectures import build_sae
 from scopebench.atomic import write_folder_atomic
 from scopebench.sae.dictionary import DictionarySAE
 from scopebench.sae.safetensors_io import read_safetensors
+from scopebench.sae.validation import check_finite, read_json_object
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -36,8 +37,8 @@ def is_native_checkpoint(path: Path) -> bool:
 
 def load_native(path: str | Path) -> DictionarySAE:
     path = Path(path)
-    config = json.loads((path / CONFIG_FILE).read_text())
-    sae = build_sae(config)
+    config = read_json_object(path / CONFIG_FILE, "native SAE config")
+    sae = build_sae(config, source=str(path / CONFIG_FILE))
     tensors = read_safetensors(path / WEIGHTS_FILE)
     expected = sae.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -52,6 +53,7 @@ def load_native(path: str | Path) -> DictionarySAE:
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise ValueError(f"{path / WEIGHTS_FILE} has unexpected tensors {unexpected} for a {config['architecture']} SAE")
+    check_finite(tensors, path / WEIGHTS_FILE)
     sae.load_state_dict(tensors)
     return sae.eval()
 

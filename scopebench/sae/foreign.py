@@ -28,17 +28,34 @@ class ForeignSAE(nn.Module):
         k: int | None = None,
         threshold: torch.Tensor | None = None,
         source: dict[str, Any] | None = None,
+        where: str = "foreign SAE",
     ) -> None:
+        """``where`` (the file the weights came from) prefixes every error."""
         super().__init__()
+        if W_enc.dim() != 2:
+            raise ValueError(f"{where}: the encoder weight has shape {tuple(W_enc.shape)}; it must be a matrix")
         d_sae, d_in = W_enc.shape
         shapes = {"W_dec": (W_dec.shape, (d_sae, d_in)), "b_enc": (b_enc.shape, (d_sae,)), "b_dec": (b_dec.shape, (d_in,))}
         for name, (got, want) in shapes.items():
             if tuple(got) != want:
-                raise ValueError(f"{name} has shape {tuple(got)}; with W_enc {tuple(W_enc.shape)} it must be {want}")
-        if activation == "topk" and not k:
-            raise ValueError("a top-k SAE needs k")
-        if activation in ("jumprelu", "global_threshold") and threshold is None:
-            raise ValueError(f"a {activation} SAE needs a threshold tensor")
+                raise ValueError(f"{where}: {name} has shape {tuple(got)}; with W_enc {tuple(W_enc.shape)} it must "
+                                 f"be {want}")
+        if activation == "topk":
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+                raise ValueError(f"{where}: a top-k SAE needs k, an integer in [1, d_sae={d_sae}]; got {k!r}")
+        if activation in ("jumprelu", "global_threshold"):
+            if threshold is None:
+                raise ValueError(f"{where}: a {activation} SAE needs a threshold tensor")
+            want = (d_sae,) if activation == "jumprelu" else ()
+            if tuple(threshold.shape) != want:
+                raise ValueError(f"{where}: threshold has shape {tuple(threshold.shape)}; a {activation} SAE "
+                                 f"needs {want}")
+        tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+        if threshold is not None:
+            tensors["threshold"] = threshold
+        bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t.detach().float()).all())]
+        if bad:  # the loaders name the file's own tensors first; this also catches overflow in a conversion
+            raise ValueError(f"{where}: non-finite (NaN/inf) values in {bad}; the SAE diverged or the file is corrupt")
         self.d_in, self.d_sae = int(d_in), int(d_sae)
         self.activation = activation
         self.pre_bias = pre_bias
