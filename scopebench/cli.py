@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import Timeout
 from tabulate import tabulate
 
-from scopebench.cache import CACHE_ENV, ActivationStore, EntryInfo, default_cache_dir
+from scopebench.cache import CACHE_ENV, TOKENS, ActivationStore, EntryInfo, default_cache_dir
 from scopebench.cli_backbones import register_backbones
 from scopebench.cli_claims import register_claims
 from scopebench.cli_leaderboard import register_leaderboard
@@ -27,6 +27,8 @@ def _store(args: argparse.Namespace) -> ActivationStore:
 
 
 def _disk_bytes(folder: Path) -> int:
+    if folder.is_file():
+        return folder.stat().st_size
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
@@ -42,13 +44,19 @@ def _human_bytes(n: int) -> str:
 def _status(info: EntryInfo) -> str:
     if info.problem is not None:
         return "CORRUPTED"
+    if info.legacy:
+        return "legacy (unsealed, never read)"
+    if info.kind != TOKENS:
+        return "complete/ok" if info.sealed else "unsealed (rebuilt on next use)"
     assert info.meta is not None
-    if info.meta.complete:
-        return "complete/ok"
-    return f"incomplete ({len(info.meta.done_shards())}/{info.meta.n_shards} shards)"
+    if not info.meta.complete:
+        return f"incomplete ({len(info.meta.done_shards())}/{info.meta.n_shards} shards)"
+    return "complete/ok" if info.sealed else "unsealed (re-run its extraction to seal it)"
 
 
 def _shape(info: EntryInfo) -> str:
+    if info.kind != TOKENS:
+        return str(info.info.get("shape", "-"))
     if info.meta is None:
         return "?"
     arrays = info.meta.arrays
@@ -58,41 +66,77 @@ def _shape(info: EntryInfo) -> str:
     return "x".join(str(d) for d in (info.meta.n_rows, *arrays[name]["row_shape"]))
 
 
+def _columns(info: EntryInfo) -> list[str]:
+    """kind, backbone, name, dataset of one artefact ("?" where unknown)."""
+    if info.kind == TOKENS:
+        key = info.meta.key if info.meta else None
+        return [key.kind, key.backbone, "-", key.dataset] if key else ["tokens", "?", "-", "?"]
+    return [info.kind, *(str(info.info.get(field, "?")) for field in ("backbone", "name", "dataset"))]
+
+
+def _not_a_cache(store: ActivationStore) -> int | None:
+    """Exit code 2, after saying so, when the root holds files but no scopebench artefact."""
+    if store.root_state() != "foreign":
+        return None
+    print(f"{store.root} is not a scopebench cache: it holds no token entries, trained SAEs or analysis memos "
+          f"(pass the folder given to --cache-dir or ${CACHE_ENV})", file=sys.stderr)
+    return 2
+
+
 def _cache_ls(args: argparse.Namespace) -> int:
     store = _store(args)
-    infos = store.entries()
+    refused = _not_a_cache(store)
+    if refused is not None:
+        return refused
+    infos = [store.inspect(kind, path) for kind, path in store.find()]
     if not infos:
         print(f"no cache entries under {store.root}")
         return 0
-    rows = []
-    for info in infos:
-        key = info.meta.key if info.meta else None
-        rows.append([info.digest[:12], key.backbone if key else "?", key.dataset if key else "?",
-                     key.kind if key else "?", _shape(info), _human_bytes(_disk_bytes(info.path)),
-                     _status(info)])
-    print(tabulate(rows, headers=["key", "backbone", "dataset", "kind", "shape", "size", "status"]))
+    rows = [[info.digest[:12], *_columns(info), _shape(info), _human_bytes(_disk_bytes(info.path)), _status(info)]
+            for info in infos]
+    print(tabulate(rows, headers=["key", "kind", "backbone", "name", "dataset", "shape", "size", "status"]))
     for info in infos:
         if info.problem:
             print(f"\n{info.digest[:12]}: {info.problem}")
     return 0
 
 
+def _note(info: EntryInfo) -> str:
+    """What ``verify`` adds after "ok" for an artefact that is not (yet) sealed."""
+    if info.legacy:
+        return "  legacy (written before artefacts were sealed): never read; clear it to free its space"
+    if info.kind != TOKENS:
+        return "" if info.sealed else "  unsealed (its build stopped before sealing it): rebuilt on next use"
+    if info.meta is not None and not info.meta.complete:
+        return "  incomplete: re-run its extraction to resume it"
+    return "" if info.sealed else "  unsealed: re-run its extraction to verify and seal it"
+
+
 def _cache_verify(args: argparse.Namespace) -> int:
     store = _store(args)
-    targets = store.match(args.key or "")
+    state = store.root_state()
+    if state == "missing":
+        print(f"no scopebench cache at {store.root}: the folder does not exist", file=sys.stderr)
+        return 2
+    refused = _not_a_cache(store)
+    if refused is not None:
+        return refused
+    targets = store.find(args.key or "")
     if args.key and not targets:
         print(f"no cache entry under {store.root} matches {args.key!r}", file=sys.stderr)
         return 2
+    if not targets:
+        print(f"no entries under {store.root} (an empty cache): nothing to verify")
+        return 0
     bad = 0
-    for entry_dir in targets:
-        info = store.verify(entry_dir)
+    for kind, path in targets:
+        info = store.inspect(kind, path, checksum=True)
+        label = " ".join(c for c in _columns(info) if c not in ("-", "?"))
         if info.problem is not None:
             bad += 1
-            print(f"BAD  {info.digest[:12]}  {info.problem}")
-        elif info.meta is not None and not info.meta.complete:
-            print(f"ok   {info.digest[:12]}  incomplete: re-run its extraction to resume it")
+            print(f"BAD  {info.digest[:12]}  {label}: {info.problem}")
         else:
-            print(f"ok   {info.digest[:12]}")
+            print(f"ok   {info.digest[:12]}  {label}{_note(info)}")
     print(f"{len(targets)} entries checked, {bad} bad" + (
         f"; delete bad entries with `scopebench cache clear KEY --cache-dir {store.root}`" if bad else ""))
     return 1 if bad else 0
@@ -100,15 +144,18 @@ def _cache_verify(args: argparse.Namespace) -> int:
 
 def _cache_clear(args: argparse.Namespace) -> int:
     store = _store(args)
-    targets = store.match(args.key or "")
+    refused = _not_a_cache(store)
+    if refused is not None:
+        return refused
+    targets = store.find(args.key or "")
     if not targets:
         where = f"matches {args.key!r}" if args.key else "exists"
         print(f"no cache entry under {store.root} {where}; nothing to clear")
         return 0 if not args.key else 2
     if not args.yes:
         print(f"about to delete {len(targets)} entries under {store.root}:")
-        for entry_dir in targets:
-            print(f"  {entry_dir.name[:12]}")
+        for kind, path in targets:
+            print(f"  {path.name[:12]}  {kind}")
         try:
             answer = input("delete them? [y/N] ")
         except EOFError:
@@ -117,14 +164,14 @@ def _cache_clear(args: argparse.Namespace) -> int:
             print("aborted; nothing deleted (pass --yes to skip this question)")
             return 1
     busy = 0
-    for entry_dir in targets:
+    for _, path in targets:
         try:
-            store.remove(entry_dir)
-            print(f"deleted {entry_dir.name[:12]}")
+            store.remove(path)
+            print(f"deleted {path.name[:12]}")
         except Timeout:
             busy += 1
-            print(f"skipped {entry_dir.name[:12]}: a writer holds its lock (extraction running); retry when it ends",
-                  file=sys.stderr)
+            print(f"skipped {path.name[:12]}: a writer holds its lock (extraction or SAE training running, or a "
+                  f"bench session reading it); retry when it ends", file=sys.stderr)
     return 1 if busy else 0
 
 
@@ -140,10 +187,13 @@ def register_cache(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=handler)
         return parser
 
-    add("ls", "list entries: key, backbone, dataset, kind, shape, size, status", _cache_ls)
-    verify = add("verify", "check every shard's size, header and sha256; exit 1 if any entry is bad", _cache_verify)
+    add("ls", "list token entries, trained SAEs and memos: key, kind, backbone, name, dataset, shape, size, status",
+        _cache_ls)
+    verify = add("verify", "check every sealed file's size and sha256 (and shard headers); exit 1 if any entry is "
+                           "bad, 2 if the folder is not a cache", _cache_verify)
     verify.add_argument("key", nargs="?", metavar="KEY-PREFIX", help="only entries whose hash starts with this")
-    clear = add("clear", "delete entries (all, or those matching KEY-PREFIX)", _cache_clear)
+    clear = add("clear", "delete entries: token entries, SAEs, memos (all, or those matching KEY-PREFIX)",
+                _cache_clear)
     clear.add_argument("key", nargs="?", metavar="KEY-PREFIX", help="only entries whose hash starts with this")
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 

@@ -34,13 +34,13 @@ from scopebench.metrics import ReconstructionMetrics, reconstruction_metrics
 from scopebench.outliers import resolve_tau, token_norms
 from scopebench.partition import Partition, partition, resolve_gamma
 from scopebench.removal_probes import SPLITS, ProbeInputs, classification_metrics, dense_metrics
-from scopebench.atomic import write_text_atomic
 from scopebench.sae import SparseAutoencoder, load_recipe, load_sae, train_sae
-from scopebench.sae.checkpoint import is_native_checkpoint, load_native, weights_sha256
-from scopebench.sae.training import TRAINER_VERSION
+from scopebench.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_native, weights_sha256
+from scopebench.sae.training import LOSS_LOG_FILE, SAE_DIR, TRAINER_VERSION
 from scopebench.scc import scc
 
 T = TypeVar("T")
+_MEMO_FILE = "memo.json"
 
 
 class Unavailable(Exception):
@@ -163,14 +163,22 @@ class Workbench:
         if scale.sae_overrides:
             recipe = recipe.model_validate({**recipe.model_dump(), **scale.sae_overrides})
         tokens = self.tokens(backbone, "train")
-        key = [tokens.key.digest, recipe.model_dump(mode="json"), TRAINER_VERSION]
-        run_dir = self.sae_dir / f"{backbone}-{name}-{_digest(key)}"
-        final = run_dir / "sae"
-        if is_native_checkpoint(final):
-            sae = load_native(final)
-        else:
-            sae = train_sae(recipe, tokens.tokens, seed=0, device=str(self.device), checkpoint_dir=run_dir,
-                            progress=self.progress).sae
+        # a sealed folder <root>/saes/<sha256 of this key>/ (names are recorded in its seal, never in the path)
+        key = {"backbone": backbone, "name": name, "tokens": tokens.key.digest,
+               "recipe": recipe.model_dump(mode="json"), "trainer": TRAINER_VERSION}
+        config = recipe.sae_config(int(tokens.tokens.shape[-1]))
+        info = {"backbone": backbone, "name": name, "dataset": tokens.key.dataset,
+                "shape": f"{config['d_in']}x{config['d_sae']}"}
+        with self.store.artefact("sae", key, info=info) as slot:
+            if slot.sealed:  # every file matched its sha256
+                try:
+                    sae = load_native(slot.path / SAE_DIR)
+                except (ValueError, KeyError, TypeError) as err:
+                    raise slot.corrupted(SAE_DIR, f"sealed checkpoint cannot be loaded ({err})") from None
+            else:  # nothing there, or a run that stopped before sealing: train (resuming its state), then seal
+                sae = train_sae(recipe, tokens.tokens, seed=0, device=str(self.device), checkpoint_dir=slot.path,
+                                progress=self.progress).sae
+                slot.seal([f"{SAE_DIR}/{CONFIG_FILE}", f"{SAE_DIR}/{WEIGHTS_FILE}", LOSS_LOG_FILE])
         return sae.to(self.device).eval()
 
     # ------------------------------------------------------------------ analyses
@@ -225,12 +233,28 @@ class Workbench:
     def _attention_emd(self, backbone: str, shift: int) -> AttentionEMDResult:
         model, scale = self.backbone(backbone), self.scale(backbone)
         data, tau = self.dataset(backbone, "attention"), self.tau(backbone)
-        spec, pre = model.spec, model.preprocess
+        spec = model.spec
         key = {"backbone": backbone, "weights": model.weights_id, "layer": spec.layer, "data": data.identity,
                "shift": shift, "tau": tau, "method": scale.attention_emd_method, "version": 1}
-        memo = self.analysis_dir / f"attention-emd-{_digest(key)}.json"
-        if memo.is_file():
-            return AttentionEMDResult(**json.loads(memo.read_text())["result"])
+        info = {"backbone": backbone, "name": "attention-emd", "dataset": data.identity, "shape": f"s={shift}"}
+        # a sealed folder <root>/analyses/<sha256 of key>/memo.json: an altered memo is refused, an unsealed one redone
+        with self.store.artefact("memo", {"analysis": "attention-emd", **key}, info=info) as slot:
+            if slot.sealed:
+                stored = slot.read_json(_MEMO_FILE)
+                try:
+                    return AttentionEMDResult(**stored["result"])
+                except (KeyError, TypeError) as err:
+                    raise slot.corrupted(_MEMO_FILE, f"not an attention-EMD result ({type(err).__name__}: {err})"
+                                         ) from None
+            found = self._compute_attention_emd(backbone, shift, model, data, tau)
+            slot.write_json(_MEMO_FILE, {"key": key, "result": found.__dict__})
+            slot.seal([_MEMO_FILE])
+        return found
+
+    def _compute_attention_emd(self, backbone: str, shift: int, model: Backbone, data: ImageDataset,
+                               tau: float) -> AttentionEMDResult:
+        scale = self.scale(backbone)
+        spec, pre = model.spec, model.preprocess
         n = min(scale.attention_images, len(data))
         accumulator = None
         batch = max(1, min(scale.batch_size, 16))
@@ -251,8 +275,6 @@ class Workbench:
                                    non_outlier=float(result.mean_non_outlier),
                                    n_outlier=int(result.counts["outlier"]),
                                    n_non_outlier=int(result.counts["non_outlier"]), tau=tau, n_images=n)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(memo, json.dumps({"key": key, "result": found.__dict__}, indent=1))
         return found
 
     # ------------------------------------------------------------------ removal probes

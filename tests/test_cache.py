@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
-from scopebench.cache import ActivationStore, CacheCorrupted, CacheIncomplete, CacheKey
+from scopebench.cache import ActivationStore, CacheCorrupted, CacheIncomplete, CacheKey, CacheMissing, EntryMeta
 
 KEY = CacheKey(kind="tokens", backbone="fake", weights_id="random-init:0", layer=1, dataset="toy:v1",
                transform='{"op":"square_resize"}', sampling="all:n=10", dtype="float32")
@@ -229,3 +229,164 @@ def test_writer_holds_the_entry_lock(tmp_path):
             store.remove(store.path(KEY))
     store.remove(store.path(KEY))
     assert not store.path(KEY).exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- seals, metadata validation, removal
+
+
+def _edit_meta(store: ActivationStore, edit) -> Path:
+    path = store.path(KEY) / "meta.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def test_complete_entry_is_sealed_over_meta_and_every_shard(tmp_path):
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+    seal = json.loads((store.path(KEY) / "seal.json").read_text())
+    meta = json.loads((store.path(KEY) / "meta.json").read_text())
+    assert seal["kind"] == "tokens" and set(seal["files"]) == {"meta.json", *(r["file"] for r in meta["shards"])}
+    for name, record in seal["files"].items():
+        raw = (store.path(KEY) / name).read_bytes()
+        assert record == {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+
+
+def test_edited_meta_json_that_still_parses_is_refused(tmp_path):
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+    meta = store.path(KEY) / "meta.json"
+    text = meta.read_text()
+    meta.write_text(text.replace('"created": "2', '"created": "1'))  # same size, still valid
+    assert meta.read_text() != text
+    with pytest.raises(CacheCorrupted, match="sha256 does not match seal.json") as caught:
+        store.read(KEY)
+    assert caught.value.path == meta and f"scopebench cache clear {KEY.digest[:12]}" in str(caught.value)
+    assert store.verify(store.path(KEY)).problem is not None
+
+
+def test_crash_between_payload_and_seal_leaves_an_entry_that_is_resealed_not_read(tmp_path, monkeypatch):
+    store, data = ActivationStore(tmp_path), _data()
+
+    def crash(*args, **kwargs):
+        raise OSError("killed before sealing")
+
+    monkeypatch.setattr("scopebench.cache.write_seal", crash)
+    with pytest.raises(OSError, match="killed before sealing"):
+        _fill(store, KEY, data)
+    monkeypatch.undo()
+    assert json.loads((store.path(KEY) / "meta.json").read_text())["complete"]  # payload and meta are all there
+    assert store.status(KEY) == "incomplete"
+    with pytest.raises(CacheIncomplete, match="not sealed.*verify and seal it"):
+        store.read(KEY)
+    _flip_byte(_shard_file(store, index=2))  # what re-sealing must not vouch for
+    with pytest.raises(CacheCorrupted, match="tokens-00002.npy"):
+        with store.writer(KEY, n_rows=10, rows_per_shard=4):
+            pass
+    _flip_byte(_shard_file(store, index=2))
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:  # re-verifies every shard, then seals
+        assert writer.complete and writer.missing_shards() == []
+    assert store.status(KEY) == "complete"
+    np.testing.assert_array_equal(np.asarray(store.read(KEY)["tokens"]), data["tokens"])
+
+
+@pytest.mark.parametrize("n_rows", [10**15, 16, 11, 4])
+def test_n_rows_that_the_listed_shards_do_not_hold_is_corruption_and_allocates_nothing(tmp_path, n_rows):
+    """A huge n_rows must not make `cache ls` build a set of 10**15 shard indices."""
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data(12))  # 3 full shards: every listed row range still fits a larger n_rows
+    meta = _edit_meta(store, lambda m: m.update(n_rows=n_rows))
+    with pytest.raises(CacheCorrupted, match="does not fit|lists 6 shard files") as caught:
+        EntryMeta.load(store.path(KEY), tmp_path)
+    assert caught.value.path == meta
+    assert [info.problem is not None for info in store.entries()] == [True]
+
+
+def test_inflated_rows_per_shard_is_caught_from_the_recorded_bytes(tmp_path):
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+
+    def inflate(meta):
+        meta.update(n_rows=10**12, rows_per_shard=10**12)
+        meta["shards"] = [dict(r, stop=10**12) for r in meta["shards"] if r["index"] == 0]
+
+    _edit_meta(store, inflate)
+    with pytest.raises(CacheCorrupted, match="too few for rows"):
+        store.read(KEY)
+
+
+def test_incomplete_entry_with_huge_n_rows_lists_cheaply(tmp_path):
+    store, data = ActivationStore(tmp_path), _data()
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:
+        writer.write_shard(0, {name: a[0:4] for name, a in data.items()})
+    _edit_meta(store, lambda m: m.update(n_rows=10**15))
+    (info,) = store.entries()  # instant: nothing proportional to n_rows
+    assert info.problem is None and info.meta.n_shards == 25 * 10**13 and len(info.meta.done_shards()) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float99", 5, "O", "<f4", None])
+def test_bogus_dtype_in_meta_json_is_corruption_not_a_type_error(tmp_path, dtype):
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+    meta = _edit_meta(store, lambda m: m["arrays"]["tokens"].update(dtype=dtype))
+    with pytest.raises(CacheCorrupted, match="malformed meta.json.*dtype") as caught:
+        store.read(KEY)
+    assert caught.value.path == meta
+    assert store.verify(store.path(KEY)).problem is not None
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["arrays"]["tokens"].update(row_shape=[4, -3]),
+    lambda m: m["arrays"]["tokens"].update(row_shape=[4, 2.5]),
+    lambda m: m.update(n_rows="10"),
+    lambda m: m["shards"][0].update(file="../../elsewhere.npy"),
+    lambda m: m["shards"].append(dict(m["shards"][0])),
+])
+def test_malformed_layout_fields_are_corruption(tmp_path, edit):
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+    _edit_meta(store, edit)
+    with pytest.raises(CacheCorrupted):
+        store.read(KEY)
+
+
+def test_entry_removed_after_opening_says_removed_not_corrupted(tmp_path):
+    store, data = ActivationStore(tmp_path), _data()
+    _fill(store, KEY, data)
+    tokens = store.read(KEY)["tokens"]
+    np.testing.assert_array_equal(tokens[0:4], data["tokens"][0:4])  # shard 0 is now mapped
+    store.remove(store.path(KEY))  # what `scopebench cache clear` does
+    np.testing.assert_array_equal(tokens[0:4], data["tokens"][0:4])  # a mapped shard keeps reading
+    with pytest.raises(CacheMissing, match="removed while reading") as caught:
+        tokens[9]
+    assert isinstance(caught.value, KeyError) and not isinstance(caught.value, CacheCorrupted)
+    with pytest.raises(CacheMissing, match="no cache entry"):
+        store.read(KEY)
+
+
+def test_entry_removed_while_being_opened_says_removed(tmp_path, monkeypatch):
+    """Deterministic interleaving: the clear renames the entry away between meta.json and the shards."""
+    store = ActivationStore(tmp_path)
+    _fill(store, KEY, _data())
+    real_load = EntryMeta.load.__func__
+
+    def load_then_clear(cls, entry_dir, root=None):
+        meta = real_load(cls, entry_dir, root)
+        store.remove(entry_dir)
+        return meta
+
+    monkeypatch.setattr(EntryMeta, "load", classmethod(load_then_clear))
+    with pytest.raises(CacheMissing, match="removed while reading"):
+        store.read(KEY)
+
+
+def test_entry_replaced_while_reading_says_removed(tmp_path):
+    store, data = ActivationStore(tmp_path), _data()
+    _fill(store, KEY, data)
+    tokens = store.read(KEY)["tokens"]
+    store.remove(store.path(KEY))
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:  # a new extraction starts again
+        writer.write_shard(0, {name: a[0:4] for name, a in data.items()})
+    with pytest.raises(CacheMissing, match="removed while reading"):
+        tokens[9]

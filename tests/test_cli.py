@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import subprocess
@@ -45,12 +46,12 @@ def test_ls_prints_one_readable_row_per_entry(tmp_path, capsys):
     code, out, _ = _cli(capsys, "cache", "ls", "--cache-dir", str(tmp_path))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["key", "backbone", "dataset", "kind", "shape", "size", "status"]
+    assert lines[0].split() == ["key", "kind", "backbone", "name", "dataset", "shape", "size", "status"]
     row_tokens = next(line for line in lines if line.startswith(TOKENS.digest[:12]))
     row_scc = next(line for line in lines if line.startswith(SCC.digest[:12]))
-    assert row_tokens.split()[1:5] == ["planted", "scenes:v1", "tokens", "6x4x2"]
+    assert row_tokens.split()[1:6] == ["tokens", "planted", "-", "scenes:v1", "6x4x2"]
     assert row_tokens.rstrip().endswith("complete/ok")
-    assert row_scc.split()[1:5] == ["planted", "imagenet-val", "scc-s1", "6x4x2"]
+    assert row_scc.split()[1:6] == ["scc-s1", "planted", "-", "imagenet-val", "6x4x2"]
     assert "incomplete (1/2 shards)" in row_scc
     on_disk = sum(p.stat().st_size for p in store.path(TOKENS).rglob("*") if p.is_file())
     assert f"{on_disk / 1024:.1f} KiB" in row_tokens
@@ -174,3 +175,69 @@ def test_module_entry_point_returns_the_exit_code(tmp_path):
     done = subprocess.run([sys.executable, "-m", "scopebench.cli", "cache", "verify", "ffffffff", "--cache-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "matches 'ffffffff'" in done.stderr
+
+
+def test_verify_says_when_the_folder_holds_no_cache(tmp_path, capsys):
+    code, out, err = _cli(capsys, "cache", "verify", "--cache-dir", str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in err and "entries checked" not in out
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"\xff\xd8")
+    (unrelated / "album").mkdir()
+    for argv in (["verify"], ["ls"], ["clear", "--yes"]):
+        code, _, err = _cli(capsys, "cache", *argv, "--cache-dir", str(unrelated))
+        assert code == 2 and "is not a scopebench cache" in err, argv
+    assert sorted(p.name for p in unrelated.iterdir()) == ["album", "holiday.jpg"]  # nothing cleared
+    empty = tmp_path / "fresh"
+    empty.mkdir()  # a just-created cache root: valid, with nothing in it
+    code, out, _ = _cli(capsys, "cache", "verify", "--cache-dir", str(empty))
+    assert code == 0 and "no entries" in out
+
+
+def test_ls_survives_a_huge_n_rows_and_reports_it(tmp_path, capsys):
+    store = ActivationStore(tmp_path)
+    with store.writer(TOKENS, n_rows=8, rows_per_shard=4) as writer:  # full shards: their ranges fit any n_rows
+        for index in (0, 1):
+            writer.write_shard(index, {"tokens": np.zeros((4, 4, 2), np.float32)})
+        writer.finish()
+    entry = store.path(TOKENS)
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["n_rows"] = 10**15
+    (entry / "meta.json").write_text(json.dumps(meta))
+    code, out, _ = _cli(capsys, "cache", "ls", "--cache-dir", str(tmp_path))
+    assert code == 0 and "CORRUPTED" in out and str(entry / "meta.json") in out
+    code, out, _ = _cli(capsys, "cache", "verify", "--cache-dir", str(tmp_path))
+    assert code == 1 and f"BAD  {entry.name[:12]}" in out
+
+
+_READER = """
+import sys
+from scopebench.cache import ActivationStore, CacheKey
+tokens = ActivationStore(sys.argv[1]).read(CacheKey(**{key!r}))["tokens"]
+first = tokens[0].copy()
+print("ready", flush=True)
+sys.stdin.readline()
+assert (tokens[0] == first).all()  # a shard read before the clear stays readable
+try:
+    tokens[5]  # a shard not read yet
+    print("read")
+except Exception as err:
+    print(type(err).__name__, err)
+"""
+
+
+def test_clear_while_another_process_reads_reports_removed_never_corrupted(tmp_path, capsys):
+    store = ActivationStore(tmp_path)
+    entry = _write(store, TOKENS)
+    script = _READER.format(key=dict(TOKENS.__dict__))
+    reader = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
+        code, out, _ = _cli(capsys, "cache", "clear", "--yes", "--cache-dir", str(tmp_path))
+        assert code == 0 and f"deleted {entry.name[:12]}" in out and not entry.exists()
+        out, err = reader.communicate("go\n", timeout=60)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, err
+    assert out.startswith("CacheMissing") and "removed while reading" in out and "corrupted" not in out

@@ -1,0 +1,47 @@
+"""A whole planted run at a tiny scale, as one process the fault suite can kill and restart.
+
+``python driver.py CACHE_DIR RESULTS_DIR`` extracts tokens, trains the BatchTopK baseline,
+measures reconstruction, CDS and attention EMD, saves a result file, and prints a JSON
+digest of every number, so an interrupted-and-resumed run can be compared with a clean one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scopebench.benchconfig import PLANTED_SCALE
+from scopebench.cache import ActivationStore
+from scopebench.results import BackboneInfo, ResultRecord, SAEInfo, collect_environment, save_merged
+from scopebench.workbench import Workbench
+
+TINY_SCALE = PLANTED_SCALE.model_copy(update={
+    "train_images": 96, "eval_images": 16, "scc_images": 16, "cds_k": 4, "attention_images": 4, "batch_size": 8,
+    "sae_overrides": {"expansion_factor": 4, "n_tokens": 24_576, "batch_size": 512, "lr": 3e-3,
+                      "checkpoint_every": 4, "lr_warmup_steps": 0},
+})
+
+
+def run(cache_dir: Path, results_dir: Path) -> dict:
+    bench = Workbench(ActivationStore(cache_dir), device="cpu", progress=False, scales={"planted": TINY_SCALE})
+    recon = bench.reconstruction("planted", "batchtopk")
+    cds = bench.cds("planted", "batchtopk").cds
+    attention = bench.attention_emd("planted", 1)
+    digest = {
+        "recon": {k: float(v) for k, v in vars(recon).items() if isinstance(v, (int, float))},
+        "cds_sha256": hashlib.sha256(np.ascontiguousarray(cds, dtype=np.float64).tobytes()).hexdigest(),
+        "attention": [attention.outlier, attention.non_outlier, attention.n_outlier],
+        "sae_sha256": bench.sae_identity("planted", "batchtopk")["sae_checkpoint_sha256"],
+    }
+    record = ResultRecord(backbone=BackboneInfo(name="planted"), sae=SAEInfo(name="batchtopk"),
+                          measurements={"digest": {k: v for k, v in digest["recon"].items()}},
+                          environment=collect_environment())
+    save_merged(record, results_dir)
+    return digest
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path(sys.argv[1]), Path(sys.argv[2])), sort_keys=True))
