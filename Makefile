@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf install clean
+.PHONY: test bench perf faults install clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 # --dist loadfile: one worker runs all of a module, so module-scoped fixtures (the planted
 # pipeline of tests/test_planted_pipeline.py) are built once, not once per worker (2x faster).
 test: $(STAMP)
-	$(PY) -m pytest tests -q -n 2 --dist loadfile
+	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not faults"
+
+# Fault injection that kills whole (tiny) runs and resumes them: minutes, so not in `make test`.
+# The fast damage cases of tests/faults/ run in `make test` too.
+faults: $(STAMP)
+	$(PY) -m pytest tests/faults -q -m faults
 
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk

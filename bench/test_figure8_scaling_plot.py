@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from scopebench.backbones.registry import REGISTRY
-from scopebench.bench_plugin import sae_variants
+from scopebench.plugin.bench import sae_variants
 from scopebench.plots import plot_removal_scaling
 from scopebench.workbench import Unavailable
 

@@ -1,5 +1,10 @@
 """``scopebench leaderboard``: render the result files as a table, or write LEADERBOARD.md.
 
+``--results-dir`` is the pytest plugin's option (one row of :data:`scopebench.plugin.options.OPTIONS`),
+with the same rule: without it, ``leaderboard/results`` in the project root, found from the current
+folder as pytest finds its rootdir (:func:`~scopebench.plugin.options.project_root`), so the command
+reads the folder a ``pytest bench`` run from the same place wrote.
+
 ``scopebench.leaderboard`` reads the backbone registry (torch, timm): it is imported when the command
 runs, not when the parser is built.
 """
@@ -9,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_RESULTS_DIR = Path("leaderboard") / "results"
+from scopebench.plugin.options import add_cli_options, default_results_dir, project_root
 
 
 def _unwritable(target: Path) -> str | None:
@@ -26,13 +31,14 @@ def _run(args: argparse.Namespace) -> int:
     from scopebench.leaderboard import build_frame, load_results, render_markdown, render_text, write_leaderboard
     from scopebench.results import ResultFileError
 
-    results_dir: Path = args.results_dir
+    results_dir: Path = args.results_dir if args.results_dir is not None else default_results_dir(
+        project_root(Path.cwd()))
     if args.write is not None and (problem := _unwritable(args.write)):
         print(f"error: --write {args.write}: {problem}", file=sys.stderr)
         return 2
     if not results_dir.is_dir():
-        print(f"error: no results folder at {results_dir}; run from the repository root or pass "
-              "--results-dir PATH", file=sys.stderr)
+        print(f"error: no results folder at {results_dir}; run inside the project whose bench wrote the "
+              "results or pass --results-dir PATH", file=sys.stderr)
         return 2
     try:
         if args.write is not None:
@@ -53,8 +59,7 @@ def register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
         "leaderboard", help="render the leaderboard from result files (terminal table, Markdown, or a file)",
         description="Render every result file (one per backbone x SAE) as one leaderboard table. "
                     "Exit 2 if a result file is not valid JSON or does not match the result schema.")
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
-                        help=f"folder of result JSON files (default: {DEFAULT_RESULTS_DIR})")
+    add_cli_options(parser, "--results-dir")
     parser.add_argument("--write", type=Path, default=None, metavar="PATH",
                         help="write the Markdown leaderboard to PATH atomically, e.g. leaderboard/LEADERBOARD.md")
     parser.add_argument("--markdown", action="store_true", help="print Markdown instead of a plain-text table")

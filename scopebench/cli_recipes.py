@@ -12,25 +12,39 @@ from typing import TYPE_CHECKING
 from tabulate import tabulate
 
 if TYPE_CHECKING:
-    from scopebench.sae.recipe import SAERecipe
+    from scopebench.sae.arch import SAERecipeBase
 
-#: Architectures whose recipe field ``k`` (active latents per token) is used.
-_USES_K = ("topk", "batchtopk", "matryoshka")
-_HEADERS = ["name", "architecture", "expansion", "k", "lr", "batch", "tokens"]
+_HEADERS = ["name", "architecture", "expansion", "lr", "batch", "tokens", "architecture fields"]
+_FIELDS_WIDTH = 44  # the architecture-fields column wraps between fields beyond this
 
 
-def recipe_row(name: str, recipe: SAERecipe) -> list[str]:
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value(item) for item in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def architecture_fields(recipe: SAERecipeBase) -> str:
+    """``k=30 aux_k=512 ...``: the recipe's values of its architecture's own fields (from the registry)."""
+    from scopebench.sae.arch import ARCHITECTURES
+
+    return " ".join(f"{name}={_value(getattr(recipe, name))}" for name in ARCHITECTURES[recipe.architecture].fields)
+
+
+def recipe_row(name: str, recipe: SAERecipeBase) -> list[str]:
     expansion = f"d_sae={recipe.d_sae}" if recipe.d_sae is not None else f"x{recipe.expansion_factor}"
     if recipe.n_tokens is not None:
         tokens = f"{recipe.n_tokens:,}"
     else:
         epochs = "epoch" if recipe.epochs == 1 else "epochs"
         tokens = f"{recipe.epochs} {epochs} x {recipe.tokens_per_image}/image"
-    return [name, recipe.architecture, expansion, str(recipe.k) if recipe.architecture in _USES_K else "–",
-            f"{recipe.lr:g}", str(recipe.batch_size), tokens]
+    return [name, recipe.architecture, expansion, f"{recipe.lr:g}", str(recipe.batch_size), tokens,
+            architecture_fields(recipe) or "–"]
 
 
-def load_recipes(folder: Path) -> tuple[list[tuple[str, SAERecipe]], list[tuple[Path, str]]]:
+def load_recipes(folder: Path) -> tuple[list[tuple[str, SAERecipeBase]], list[tuple[Path, str]]]:
     """Every ``*.json`` recipe of ``folder``: ``(good [(name, recipe)], bad [(file, problem)])``."""
     from scopebench.sae.recipe import load_recipes as load_each
 
@@ -49,11 +63,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"no recipes (*.json) in {folder}")
         return 0
     if recipes:
+        from scopebench.sae.arch import ARCHITECTURES
+
+        widths = [None] * (len(_HEADERS) - 1) + [_FIELDS_WIDTH]
         print(tabulate([recipe_row(name, recipe) for name, recipe in recipes], headers=_HEADERS,
-                       disable_numparse=True))
-        print(f"\nexpansion: latents per token dimension; k: active latents per token (– where the architecture "
-              f"has none); tokens: training budget.\nrecipes in {folder}; the bench trains those named by "
-              "`pytest bench --sae-recipes topk,relu`.")
+                       disable_numparse=True, maxcolwidths=widths))
+        print(f"\nexpansion: latents per token dimension; tokens: training budget; architecture fields: the "
+              f"architecture's own hyperparameters, defaults filled in (k: active latents per token), declared in "
+              f"scopebench/sae/arch/<architecture>.py.\narchitectures: {', '.join(sorted(ARCHITECTURES))}; "
+              f"recipes in {folder}; the bench trains those named by `pytest bench --sae-recipes topk,relu`.")
     for _, problem in bad:
         print(f"error: {problem}", file=sys.stderr)
     if bad:
@@ -66,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
 def register_recipes(subparsers: argparse._SubParsersAction) -> None:
     """``scopebench recipes [--baselines-dir DIR]``."""
     parser = subparsers.add_parser(
-        "recipes", help="list the baseline SAE recipes: architecture, expansion, k, lr, batch, tokens",
+        "recipes", help="list the baseline SAE recipes: architecture, expansion, lr, batch, tokens and the "
+             "architecture's own fields (k, l1_coeff, ...)",
         description="List the baseline SAE training recipes (one JSON file each); invalid ones are named with "
                     "their problem on stderr. Exit 2 if any recipe is invalid.")
     parser.add_argument("--baselines-dir", type=Path, default=None,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scopebench import bench_plugin
+from scopebench.plugin import bench
 
 
 class _Config:
@@ -30,7 +30,8 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("nopath", "expects [BACKBONE/]NAME=PATH"),
+    ("nopath", "--sae 'nopath': expected [BACKBONE/]NAME=PATH, e.g. --sae planted/my-sae="),
+    ("planted/mine=", "expected [BACKBONE/]NAME=PATH"),
     ("clip-b-16/mine={ckpt}", "unknown backbone 'clip-b-16'"),
     ("planted/={ckpt}", "the SAE needs a name"),
     ("planted/batchtopk={ckpt}", "'batchtopk' is also a baseline recipe of this run"),
@@ -38,20 +39,20 @@ def checkpoint(tmp_path: Path) -> Path:
 ])
 def test_bad_sae_values_stop_the_run_naming_the_fix(checkpoint: Path, value: str, message: str) -> None:
     with pytest.raises(pytest.UsageError) as err:
-        bench_plugin.pytest_configure(_Config([value.format(ckpt=checkpoint)]))
+        bench.pytest_configure(_Config([value.format(ckpt=checkpoint)]))
     assert message in str(err.value)
 
 
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
     with pytest.raises(pytest.UsageError, match=r"unknown recipe\(s\) \['bogus'\]; known: \['batchtopk'"):
-        bench_plugin.pytest_configure(_Config([], recipes="batchtopk,bogus"))
+        bench.pytest_configure(_Config([], recipes="batchtopk,bogus"))
 
 
 def test_checkpoints_join_the_recipes_of_the_backbone_they_are_bound_to(checkpoint: Path) -> None:
     config = _Config([f"planted/mine={checkpoint}", f"everywhere={checkpoint}"])
-    bench_plugin.pytest_configure(config)
-    assert bench_plugin.sae_variants(config, "planted") == ["batchtopk", "topk", "mine", "everywhere"]
-    assert bench_plugin.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "everywhere"]
+    bench.pytest_configure(config)
+    assert bench.sae_variants(config, "planted") == ["batchtopk", "topk", "mine", "everywhere"]
+    assert bench.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "everywhere"]
 
 
 @pytest.mark.parametrize(("sae", "recipes", "message"), [
@@ -68,14 +69,14 @@ def test_names_breaking_the_rule_stop_the_run_at_startup(checkpoint: Path, sae: 
                                                          message: str) -> None:
     """Each of these used to compute everything and then collide, crash or escape when results were written."""
     with pytest.raises(pytest.UsageError, match="names must be|differ only in case|given twice") as err:
-        bench_plugin.pytest_configure(_Config([v.format(ckpt=checkpoint) for v in sae], recipes=recipes))
+        bench.pytest_configure(_Config([v.format(ckpt=checkpoint) for v in sae], recipes=recipes))
     assert message in str(err.value)
 
 
 def test_checkpoints_bound_to_different_backbones_may_share_a_name(checkpoint: Path) -> None:
     config = _Config([f"planted/mine={checkpoint}", f"dinov2-b/mine={checkpoint}"])
-    bench_plugin.pytest_configure(config)
-    assert bench_plugin.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "mine"]
+    bench.pytest_configure(config)
+    assert bench.sae_variants(config, "dinov2-b") == ["batchtopk", "topk", "mine"]
 
 
 def test_a_bad_recipe_stops_the_run_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_a_bad_recipe_stops_the_run_at_startup(monkeypatch: pytest.MonkeyPatch, 
         (tmp_path / f"{name}.json").write_text((recipe_module.BASELINES_DIR / f"{name}.json").read_text())
     (tmp_path / "topk.json").write_text('{"architecture": "topk", "k": 0}')
     monkeypatch.setattr(recipe_module, "BASELINES_DIR", tmp_path)
-    monkeypatch.setattr(bench_plugin, "BASELINES_DIR", tmp_path)
+    monkeypatch.setattr(bench, "BASELINES_DIR", tmp_path)
     with pytest.raises(pytest.UsageError, match=r"--sae-recipes: 1 of 2 SAE recipes are invalid") as err:
-        bench_plugin.pytest_configure(_Config([]))
+        bench.pytest_configure(_Config([]))
     assert "topk.json" in str(err.value) and "k" in str(err.value)

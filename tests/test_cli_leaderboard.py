@@ -56,13 +56,33 @@ def test_markdown_andwrite_result(results, tmp_path, capsys):
     assert [p.name for p in target.parent.iterdir()] == ["LEADERBOARD.md"]  # no temp file left behind
 
 
-def test_default_folder_is_relative_to_the_working_directory(results, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+def test_default_folder_is_in_the_project_root(results, tmp_path, monkeypatch, capsys):
+    """The rule of the pytest plugin: leaderboard/results in the project root (the nearest folder holding a
+    pytest config file, as pytest picks its rootdir), so a subfolder of the project reads the same results."""
+    monkeypatch.chdir(tmp_path)  # no config file above: the current folder is the root
     code, out, _ = _cli(capsys, "leaderboard")
     assert code == 0 and [row["SAE"] for row in parse_table(out, "backbone")] == ["topk", "topk", "relu"]
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
     monkeypatch.chdir(tmp_path / "leaderboard")
+    code, out, _ = _cli(capsys, "leaderboard")
+    assert code == 0 and len(parse_table(out, "backbone")) == 3
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pytest.ini").write_text("[pytest]\n")
+    monkeypatch.chdir(other)
     code, out, err = _cli(capsys, "leaderboard")
-    assert code == 2 and out == "" and "no results folder at leaderboard/results" in err and "--results-dir" in err
+    assert code == 2 and out == "" and f"no results folder at {other / 'leaderboard' / 'results'}" in err
+    assert "--results-dir" in err
+
+
+def test_results_dir_is_the_plugin_option(capsys):
+    """One definition: `scopebench leaderboard --results-dir` is the plugin's row, help text included."""
+    from scopebench.plugin.options import BY_FLAG
+
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert " ".join(BY_FLAG["--results-dir"].help.split()) in out
 
 
 def test_empty_folder(tmp_path, capsys):

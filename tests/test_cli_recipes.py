@@ -7,6 +7,7 @@ from pathlib import Path
 from cli_tables import parse_table
 
 from scopebench.cli import main
+from scopebench.sae.arch import ARCHITECTURES
 from scopebench.sae.recipe import BASELINES_DIR
 
 
@@ -14,6 +15,13 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def _shown(value) -> str:
+    """A JSON value as the table prints it: numbers as %g, lists without spaces."""
+    if isinstance(value, list):
+        return "[" + ",".join(_shown(item) for item in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def test_baseline_rows_match_their_json_files(capsys):
@@ -29,8 +37,16 @@ def test_baseline_rows_match_their_json_files(capsys):
         assert row["expansion"] == f"x{raw['expansion_factor']}"
         assert float(row["lr"]) == raw["lr"] and int(row["batch"]) == raw["batch_size"]
         assert row["tokens"] == f"{raw['epochs']} epoch x {raw['tokens_per_image']}/image"
-        assert row["k"] == (str(raw["k"]) if raw["architecture"] in ("topk", "batchtopk", "matryoshka") else "–")
-    assert rows["relu"]["k"] == "–" and rows["topk"]["k"] == "30"
+        # the architecture's own fields, from the registry, in declaration order; the file's values where it sets them
+        shown = dict(item.split("=", 1) for item in row["architecture fields"].split())
+        assert list(shown) == list(ARCHITECTURES[raw["architecture"]].fields)
+        for field, value in raw.items():
+            if field in shown:
+                assert shown[field] == _shown(value)
+    assert rows["relu"]["architecture fields"] == "l1_coeff=1"
+    assert rows["topk"]["architecture fields"] == "k=30 aux_k=512 aux_k_coeff=0.03125"
+    assert "group_fractions=[0.0625,0.125,0.25,0.5,1]" in rows["matryoshka"]["architecture fields"]
+    assert "k=" not in rows["jumprelu"]["architecture fields"]  # no field of another architecture
 
 
 def test_overrides_show_d_sae_and_token_budget(tmp_path: Path, capsys):
@@ -42,8 +58,9 @@ def test_overrides_show_d_sae_and_token_budget(tmp_path: Path, capsys):
     assert code == 0
     rows = {row["name"]: row for row in parse_table(out, "name")}
     assert list(rows) == ["long", "wide"]
-    assert rows["wide"] == {"name": "wide", "architecture": "topk", "expansion": "d_sae=4096", "k": "8",
-                            "lr": "0.001", "batch": "512", "tokens": "2,000,000"}
+    assert rows["wide"] == {"name": "wide", "architecture": "topk", "expansion": "d_sae=4096", "lr": "0.001",
+                            "batch": "512", "tokens": "2,000,000",
+                            "architecture fields": "k=8 aux_k=256 aux_k_coeff=0.03125"}  # defaults filled in
     assert rows["long"]["expansion"] == "x16" and rows["long"]["tokens"] == "3 epochs x 2/image"
     assert rows["long"]["batch"] == "4096"  # the recipe default
 

@@ -193,7 +193,7 @@ def test_train_sae_uses_every_stored_token_each_epoch(backbone, scenes, tmp_path
     tokens = RecordingTokens()
     per_epoch, batch = N_IMAGES * K, 16
     recipe = {"architecture": "topk", "d_sae": 32, "k": 4, "batch_size": batch, "tokens_per_image": K,
-              "n_tokens": 2 * per_epoch, "lr": 1e-3, "calibration_batches": 1}
+              "n_tokens": 2 * per_epoch, "lr": 1e-3}
     result = train_sae(recipe, tokens, seed=0, progress=False)
     steps = 2 * per_epoch // batch
     assert len(result.loss_log) == steps and all(np.isfinite(e["fvu"]) for e in result.loss_log)

@@ -8,8 +8,6 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-CONFTEST = 'pytest_plugins = ["scopebench.reporter"]\n'
-
 FAKE_BENCH = '''
 import math
 import pytest
@@ -49,7 +47,7 @@ def test_not_a_bench_case():
 
 
 def _setup(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(CONFTEST)
+    """No conftest: the plugin loads by its pytest11 entry point, as in a project that installed scopebench."""
     pytester.makepyfile(test_fake_bench=FAKE_BENCH)
 
 
@@ -126,7 +124,7 @@ def test_session_without_bench_cases_prints_and_writes_nothing(pytester: pytest.
     _setup(pytester)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "not_a_bench_case")
     result.assert_outcomes(passed=1)
-    assert not any("scopebench" in line for line in result.outlines)
+    assert not any("scopebench" in line for line in result.outlines if not line.startswith("plugins:"))
     assert not (pytester.path / "leaderboard").exists()
 
 
@@ -150,8 +148,6 @@ def test_bad_existing_result_is_set_aside_and_this_runs_results_land(pytester: p
 @pytest.mark.parametrize("flag", ["--results-dir", "--cache-dir", "--plots-dir"])
 def test_a_folder_option_naming_a_file_stops_the_run_before_any_test(pytester: pytest.Pytester, flag: str) -> None:
     _setup(pytester)
-    pytester.makeconftest('pytest_plugins = ["scopebench.pytest_plugin", "scopebench.reporter", '
-                          '"scopebench.bench_plugin"]\n')
     (pytester.path / "afile").write_text("x")
     for value in ("afile", "afile/sub"):
         result = pytester.runpytest_inprocess("-p", "no:cacheprovider", flag, value)
@@ -176,7 +172,6 @@ def test_xdist_run_reports_claims_and_leaderboard_once(pytester: pytest.Pytester
 
 
 def test_bad_calls_fail_the_case_with_a_clear_message(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(CONFTEST)
     pytester.makepyfile('''
 def test_wrong_backbone(claim_report):
     claim_report.check("table9.outlier-attention-unstable-every-shift", backbone="dinov2-b", sae="x",
@@ -226,7 +221,6 @@ def test_exempt_sae_failure_is_an_expected_failure_and_only_that(pytester: pytes
 
     assert "topk" in get_claim("table6.outliers-reconstructed-better").exempt_saes
     assert not get_claim("table6.outliers-cosine-higher").exempt_saes
-    pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_exempt=EXEMPT_BENCH)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "exempt_failure and not beside")
     result.assert_outcomes(xfailed=1)

@@ -547,9 +547,10 @@ def test_check_recipes_names_every_bad_recipe_and_its_problem_in_one_error(tmp_p
     ({"architecture": "topk", "lr": float("inf")}, "lr: Input should be a finite number"),
     ({"architecture": "topk", "aux_k_coeff": float("nan")}, "aux_k_coeff: Input should be a finite number"),
     ({"architecture": "topk", "adam_betas": [0.9, 1.5]}, r"adam_betas must be two numbers in [0, 1)"),
-    ({"architecture": "topk", "d_sae": 16, "k": 32}, "k=32 exceeds d_sae=16"),
+    ({"architecture": "topk", "d_sae": 16, "k": 32}, "k: 32 exceeds d_sae=16; expected an integer in [1, 16]"),
     ({"architecture": "matryoshka", "d_sae": 8, "k": 2, "group_fractions": [0.1, 0.15, 1.0]}, "round to the same size"),
-    ({"architecture": "matryoshka", "group_weights": [1, 1, 1, 1, -1]}, "group_weights must be >= 0"),
+    ({"architecture": "matryoshka", "group_weights": [1, 1, 1, 1, -1]}, "group_weights: [1.0, 1.0, 1.0, 1.0, -1.0] "
+     "must be null or one weight >= 0 per entry"),
 ])
 def test_recipe_ranges_are_checked_before_training(tmp_path, fields, problem):
     from scopebench.sae.recipe import RecipeError, check_recipes

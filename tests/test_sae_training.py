@@ -9,7 +9,8 @@ import torch
 
 from scopebench.sae import load_recipe, load_sae, train_sae
 from scopebench.sae import sampling as sampling_module
-from scopebench.sae.recipe import SAERecipe
+from scopebench.sae.arch import SAERecipeBase
+from scopebench.sae.arch.topk import TopKRecipe
 from scopebench.sae.sampling import PatchTokenSampler
 
 N_IMAGES, N_PATCHES, D_IN, N_ATOMS = 400, 16, 32, 40
@@ -168,9 +169,15 @@ def test_activation_normalisation_makes_training_scale_invariant(planted):
     torch.testing.assert_close(large.encode(100 * x).detach(), 100 * small.encode(x).detach(), rtol=1e-3, atol=1e-3)
 
 
+# each architecture's recipe holds the shared training fields of RECIPE and its own fields only
+OWN_FIELDS = {"topk": {"k": 3, "aux_k": 8}, "relu": {"l1_coeff": 0.3}, "jumprelu": {"sparsity_coeff": 0.01},
+              "matryoshka": {"k": 3, "aux_k": 8, "calibration_batches": 5}}
+
+
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "matryoshka"])
 def test_other_architectures_train_and_reduce_loss(planted, arch):
-    recipe = dict(RECIPE, architecture=arch, epochs=10, l1_coeff=0.3, sparsity_coeff=0.01)
+    shared = {key: value for key, value in RECIPE.items() if key in SAERecipeBase.model_fields}
+    recipe = dict(shared, architecture=arch, epochs=10, **OWN_FIELDS[arch])
     log = train_sae(recipe, planted[0][:200], seed=0, progress=False).loss_log
     assert np.mean([e["fvu"] for e in log[-5:]]) < 0.5 * np.mean([e["fvu"] for e in log[:5]])
 
@@ -219,4 +226,4 @@ def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         load_recipe(bad_value)
     with pytest.raises(ValueError, match="d_in=16 but the tokens have d_in=8"):
-        SAERecipe(architecture="topk", d_in=16).sae_config(8)
+        TopKRecipe(d_in=16).sae_config(8)

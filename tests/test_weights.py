@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from scopebench.backbones import WeightsNotFound, get_spec, load_backbone
-from scopebench.backbones.weights import CONFIG_ENV, read_state_dict, resolve_weights, weights_id
+from scopebench.backbones.weights import (CONFIG_ENV, WeightsConfigError, read_config_file, read_state_dict,
+                                          resolve_weights, weights_id)
 
 TINY = dict(image_size=32, patch_size=8, depth=3, embed_dim=64, n_heads=4, layer=1)
 DEIT_REPO = "timm/deit3_small_patch16_224.fb_in22k_ft_in1k"
@@ -98,14 +99,15 @@ def test_config_file_route_with_relative_path(tmp_path, monkeypatch, source, suf
 
 def test_config_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "nope.json"))
-    with pytest.raises(WeightsNotFound, match="nope.json.*cannot be read"):
+    with pytest.raises(WeightsNotFound, match=r"\$SCOPEBENCH_WEIGHTS_CONFIG .*nope.json: no such file; fix the path "
+                                              "or unset the variable"):
         resolve_weights(get_spec("deit3-s"))
 
 
 def test_config_file_that_cannot_be_parsed_names_the_file_and_the_variable(tmp_path, monkeypatch):
     (tmp_path / "w.json").write_text('{"deit3-s": ')
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "w.json"))
-    with pytest.raises(ValueError, match=r"w.json \(\$SCOPEBENCH_WEIGHTS_CONFIG\) cannot be parsed"):
+    with pytest.raises(ValueError, match=r"\$SCOPEBENCH_WEIGHTS_CONFIG .*w.json: cannot be parsed"):
         resolve_weights(get_spec("deit3-s"))
 
 
@@ -179,3 +181,23 @@ def test_weights_for_another_model_are_rejected(tmp_path, source):
         load_backbone("deit3-s", weights=path, overrides={**TINY, "embed_dim": 32})
     with pytest.raises(ValueError, match="conflicts"):
         load_backbone("deit3-s", weights=path, random_init=True)
+
+
+def test_one_config_parser_for_the_variable_and_the_flag(tmp_path, monkeypatch):
+    """``read_config_file`` is the only reader (``$SCOPEBENCH_WEIGHTS_CONFIG`` and the plugin's
+    ``--weights-config``): suffixes in any case, paths relative to the file, ``~`` expanded, the origin named."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "W.JSON").write_text(json.dumps({"deit3-s": "w/a.safetensors", "clip-b16": "~/b.bin"}))
+    assert read_config_file(tmp_path / "W.JSON") == {"deit3-s": tmp_path / "w" / "a.safetensors",
+                                                     "clip-b16": tmp_path / "home" / "b.bin"}
+    (tmp_path / "w.Toml").write_text('"deit3-s" = "a.safetensors"\n')
+    assert read_config_file(tmp_path / "w.Toml", "--weights-config") == {"deit3-s": tmp_path / "a.safetensors"}
+    for name, text, problem in [("w.yaml", "deit3-s: a", "a weights config must end in .json or .toml"),
+                                ("n.json", '{"deit3-s": 3}', "must map backbone names to file paths"),
+                                ("t.toml", "[deit3-s]\npath = 'a'\n", "must map backbone names to file paths"),
+                                ("e.json", '{"deit3-s": ""}', "must map backbone names to file paths")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(WeightsConfigError, match=rf"^--weights-config .*{name}: {problem}"):
+            read_config_file(tmp_path / name, "--weights-config")
+    with pytest.raises(WeightsNotFound, match=r"^--weights-config .*: is a folder; fix the path$"):
+        read_config_file(tmp_path, "--weights-config")

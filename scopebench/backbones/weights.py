@@ -4,7 +4,8 @@ Resolution order for a backbone (first hit wins, nothing ever touches the networ
 
 1. an explicit file: ``weights=`` or ``weights_map[name]`` (the CLI's ``--weights NAME=PATH``);
 2. the config file named by ``$SCOPEBENCH_WEIGHTS_CONFIG``: JSON or TOML mapping
-   backbone name -> file path (relative paths are relative to the config file);
+   backbone name -> file path (relative paths are relative to the config file), read by
+   :func:`read_config_file`, the one parser of that file (the pytest plugin's ``--weights-config`` too);
 3. the local Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the
    ``huggingface_hub`` default), looked up with ``try_to_load_from_cache`` and, failing
    that, a scan of the repo's snapshot folders.
@@ -67,31 +68,62 @@ def _from_hf_cache(repo_id: str, filename: str, cache_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def read_config_file(path: Path) -> dict[str, Path]:
-    """Parse a JSON or TOML file mapping backbone name -> weight path."""
+class WeightsConfigError(ValueError):
+    """A weights config file whose content cannot be used; the message names the file and what it needs."""
+
+
+CONFIG_SUFFIXES = (".json", ".toml")
+_CONFIG_EXAMPLE = '{"clip-b16": "/data/clip-b16.safetensors"}'
+
+
+def _load_toml(text: str, where: str) -> object:
     try:
-        text = path.read_text()
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise WeightsConfigError(f"{where}: TOML needs Python 3.11+ (or the tomli package); write the same "
+                                     "mapping as JSON") from None
+    return tomllib.loads(text)
+
+
+def read_config_file(path: Path, origin: str = f"${CONFIG_ENV}") -> dict[str, Path]:
+    """The mapping backbone name -> weights file of a ``.json`` or ``.toml`` config file.
+
+    The one parser of the weights config, used by ``resolve_weights`` (``$SCOPEBENCH_WEIGHTS_CONFIG``)
+    and by the pytest plugin (``--weights-config``; ``origin`` names the flag or variable in messages).
+    Relative paths (``~`` expanded) are relative to the file's folder; whether the files exist and
+    the names are backbones is for the caller. A file that cannot be read raises
+    :class:`WeightsNotFound`, one with bad content :class:`WeightsConfigError` (a ``ValueError``).
+    """
+    path = Path(path)
+    where = f"{origin} {path}"
+    fix = "fix the path or unset the variable" if origin.startswith("$") else "fix the path"
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise WeightsNotFound(f"{where}: {what}; {fix}")
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise WeightsConfigError(f"{where}: a weights config must end in .json or .toml, mapping backbone names "
+                                 f"to files, e.g. {_CONFIG_EXAMPLE}")
+    try:
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise WeightsNotFound(f"${CONFIG_ENV} points to {path}, which cannot be read ({exc}); "
-                              "fix the path or unset the variable") from None
-    if path.suffix.lower() not in (".json", ".toml"):
-        raise ValueError(f"weights config {path} (${CONFIG_ENV}) must end in .json or .toml")
+        raise WeightsNotFound(f"{where}: cannot be read ({exc}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise WeightsConfigError(f"{where}: is not UTF-8 text ({exc})") from None
     try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
+        data = _load_toml(text, where) if path.suffix.lower() == ".toml" else json.loads(text)
+    except WeightsConfigError:
+        raise
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ValueError(f"weights config {path} (${CONFIG_ENV}) cannot be parsed: {exc}; expected a mapping "
-                         '{"backbone-name": "path/to/weights"}') from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f"weights config {path} must map backbone names to file paths, "
-                         'e.g. {"clip-b16": "/data/clip-b16.safetensors"}')
-    return {name: (path.parent / Path(value).expanduser()) for name, value in data.items()}
+        raise WeightsConfigError(f"{where}: cannot be parsed ({exc}); expected a mapping "
+                                 f"{_CONFIG_EXAMPLE}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+        got = f"a {type(data).__name__}" if not isinstance(data, dict) else "an entry whose value is not a path"
+        raise WeightsConfigError(f"{where}: must map backbone names to file paths (a flat mapping), e.g. "
+                                 f"{_CONFIG_EXAMPLE}; got {got}")
+    return {name: path.parent / Path(value).expanduser() for name, value in data.items()}
 
 
 def _explicit(spec: BackboneSpec, path: str | Path, origin: str) -> Path:

@@ -9,8 +9,8 @@ import torch
 
 from safetensors.torch import save_file
 
-from scopebench.sae.architectures import build_sae
 from scopebench.atomic import write_folder_atomic
+from scopebench.sae.arch import build_sae
 from scopebench.sae.dictionary import DictionarySAE
 from scopebench.sae.safetensors_io import read_safetensors
 from scopebench.sae.validation import check_finite, read_json_object

@@ -13,16 +13,28 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from scopebench.sae.sparse_ops import Selection, gathered_pre_activations, sparse_decode
 
 _EPS = 1e-12
 ENCODER_INIT_SCALE = 0.1  # see DictionarySAE.initialise
 
 
-class DictionarySAE(nn.Module):
-    """Base class: subclasses define ``encode`` and ``training_loss``."""
+class _ArchitectureName:
+    """``SAE.architecture``: the name its ``config_schema`` declares (``architecture: Literal["topk"]``)."""
 
-    architecture: ClassVar[str]
+    def __get__(self, obj: object, cls: type[DictionarySAE]) -> str:
+        return cls.config_schema.architecture_name()
+
+
+class DictionarySAE(nn.Module):
+    """Base class: subclasses set ``config_schema`` and define ``encode`` and ``training_loss``.
+
+    Each architecture lives in its module of :mod:`scopebench.sae.arch` with its ``config_schema`` (an
+    ``ArchitectureConfig``: the fields it reads, their defaults and ranges) and is registered by name there.
+    """
+
+    #: the architecture's fields (``scopebench.sae.arch._base.ArchitectureConfig`` subclass)
+    config_schema: ClassVar[type[Any]]
+    architecture: ClassVar[str] = _ArchitectureName()  # type: ignore[assignment]
 
     def __init__(self, d_in: int, d_sae: int, hparams: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -39,6 +51,12 @@ class DictionarySAE(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae, **self.hparams}
+
+    def setting(self, name: str) -> Any:
+        """Hyperparameter ``name`` as configured, else its default from ``config_schema`` (the one home of defaults)."""
+        if name in self.hparams:
+            return self.hparams[name]
+        return self.config_schema.model_fields[name].get_default(call_default_factory=True)
 
     @torch.no_grad()
     def initialise(self, generator: torch.Generator, data_mean: torch.Tensor | None = None) -> None:
@@ -105,21 +123,3 @@ class DictionarySAE(nn.Module):
     def batch_fvu(x: torch.Tensor, xhat: torch.Tensor) -> torch.Tensor:
         """Training reconstruction loss: squared error over the batch's centred energy (scale-free)."""
         return (x - xhat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(_EPS)
-
-    def auxk_loss(self, pre: torch.Tensor, x_c: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-        """AuxK (Gao et al. 2024): dead latents' top-``aux_k`` reconstruct the residual.
-
-        Normalised by the residual's centred energy so the coefficient is scale-free.
-        Returns 0 when no latent is dead.
-        """
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return pre.new_zeros(())
-        k_aux = min(int(self.hparams.get("aux_k", 256)), n_dead)
-        masked = pre.detach().masked_fill(~dead, float("-inf"))
-        sel = Selection.from_row_topk(masked.topk(k_aux, dim=1).indices)
-        values = torch.relu(gathered_pre_activations(x_c, self.W_enc, self.b_enc, pre, sel))
-        aux_recon = sparse_decode(sel, values, self.W_dec)
-        residual = residual.detach()
-        denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(_EPS)
-        return (aux_recon - residual).pow(2).sum() / denom

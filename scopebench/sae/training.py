@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from scopebench.sae.architectures import build_sae
+from scopebench.sae.arch import SAERecipeBase, build_sae
 from scopebench.atomic import write_folder_atomic, write_json_atomic
 from scopebench.sae.checkpoint import save_sae
 from scopebench.sae.dictionary import DictionarySAE
-from scopebench.sae.recipe import SAERecipe, parse_recipe
+from scopebench.sae.recipe import parse_recipe
 from scopebench.sae.safetensors_io import read_safetensors
 from scopebench.sae.sampling import PatchTokenSampler
 
@@ -51,7 +51,7 @@ def _read_tokens(tokens: Any, image_idx: np.ndarray, patch_idx: np.ndarray, scal
     return torch.from_numpy(np.asarray(tokens[image_idx, patch_idx], dtype=np.float32)) * scale
 
 
-def _lr_factor(step: int, n_steps: int, recipe: SAERecipe) -> float:
+def _lr_factor(step: int, n_steps: int, recipe: SAERecipeBase) -> float:
     """Linear warm-up, constant, then linear decay to 0 over the final ``lr_decay_fraction``."""
     warm = min(1.0, (step + 1) / recipe.lr_warmup_steps) if recipe.lr_warmup_steps else 1.0
     decay_steps = int(recipe.lr_decay_fraction * n_steps)
@@ -104,7 +104,7 @@ def _load_state(path: Path, sae: DictionarySAE, opt: torch.optim.Optimizer, fing
     return _RunState(meta["step"], meta["scale"], tensors["tokens_since_fired"], meta["loss_log"])
 
 
-def _initial_state(sae: DictionarySAE, tokens: Any, recipe: SAERecipe, seed: int) -> _RunState:
+def _initial_state(sae: DictionarySAE, tokens: Any, recipe: SAERecipeBase, seed: int) -> _RunState:
     """Input scale (mean norm -> sqrt(d_in)) and data-mean decoder bias, from a seeded sample."""
     n_images, n_patches, d_in = tokens.shape
     rng = np.random.default_rng([seed, 2**31 - 1])
@@ -132,7 +132,7 @@ def optimisation_step(
 
 
 def train_sae(
-    config: SAERecipe | dict[str, Any],
+    config: SAERecipeBase | dict[str, Any],
     tokens: Any,
     *,
     seed: int = 0,
@@ -150,7 +150,7 @@ def train_sae(
     ``max_steps`` stops early after that global step, leaving a resumable state (for
     time-budgeted runs); the returned SAE is then the partially trained one.
     """
-    recipe = config if isinstance(config, SAERecipe) else parse_recipe(dict(config))
+    recipe = config if isinstance(config, SAERecipeBase) else parse_recipe(dict(config))
     if len(getattr(tokens, "shape", ())) != 3:
         raise ValueError(f"tokens must be [n_images, n_patches, d_in], got shape {getattr(tokens, 'shape', None)}")
     n_images, n_patches, d_in = (int(s) for s in tokens.shape)
@@ -187,9 +187,10 @@ def train_sae(
         if state_dir is not None and (run.step % recipe.checkpoint_every == 0 or run.step == stop):
             _save_state(state_dir, sae, opt, run, fingerprint)
 
-    # inference-only state (BatchTopK's threshold) from fresh batches of the same stream, final weights
+    # inference-only state (BatchTopK's threshold) from fresh batches of the same stream, final weights;
+    # the architecture says how many (none for those whose inference rule is their training rule)
     sae.calibrate_(_read_tokens(tokens, *sampler.batch(step, recipe.batch_size), run.scale).to(device)
-                   for step in range(n_steps, n_steps + recipe.calibration_batches))
+                   for step in range(n_steps, n_steps + recipe.n_calibration_batches))
     sae.eval()
     with torch.no_grad():
         sae.fold_input_scale_(run.scale)

@@ -1,10 +1,10 @@
-"""pytest plugin: the ``claim_report`` fixture, the end-of-session claims table, result files.
+"""The reporter part of the plugin: the ``claim_report`` fixture, the end-of-session claims table, result files.
 
-Load it from the root ``conftest.py`` with ``pytest_plugins = ["scopebench.reporter"]``.
 A *bench case* is any test that requests ``claim_report``. Sessions without bench cases
 print and write nothing. Otherwise the summary shows one row per measurement or claim
 check (and one row for a bench case that failed or skipped before recording anything),
-then results are merged into ``<results-dir>/<backbone>__<sae>.json`` and the
+then results are merged into ``<results-dir>/<backbone>__<sae>.json`` (``--results-dir``, default
+``leaderboard/results`` in the rootdir: :func:`scopebench.plugin.options.default_results_dir`) and the
 leaderboard of that folder is printed.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tabulate import tabulate
 
 from scopebench.claims import PAPER_TABLES, Verdict, evaluate, get_claim
 from scopebench.leaderboard import build_frame, load_results, render_text
-from scopebench.pytest_plugin import checked_folder
+from scopebench.plugin.options import default_results_dir
+from scopebench.plugin.session import checked_folder
 from scopebench.results import (
     BackboneInfo, ClaimVerdict, DatasetInfo, Definitions, ResultRecord, SAEInfo, collect_environment, result_path, save_merged,
 )
@@ -176,19 +177,11 @@ class ClaimReport:
             pytest.xfail("; ".join(f"{v.detail} (not expected of this SAE: {v.exemption})" for v in excused))
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("scopebench")
-    group.addoption("--results-dir", default=None,
-                    help="folder for result JSON files (default: leaderboard/results under the rootdir)")
-    group.addoption("--no-results", action="store_true", default=False,
-                    help="print the claims table but write no result files")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = SessionClaims()
-    option = config.getoption("--results-dir")
+    option = config.getoption("results_dir")
     config.stash[_RESULTS_DIR_KEY] = (checked_folder(option, "--results-dir") if option
-                                      else config.rootpath / "leaderboard" / "results")
+                                      else default_results_dir(config.rootpath))
 
 
 @pytest.fixture
@@ -352,7 +345,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             reason = get_claim(row.claim).exempt_saes[row.sae]
             terminalreporter.write_line(f"XFAIL {row.nodeid} [{row.claim}]: {row.detail}; not expected of "
                                         f"{row.sae}: {reason}", yellow=True)
-    if config.getoption("--no-results") or not session.pending:
+    if config.getoption("no_results") or not session.pending:
         return
     results_dir = results_dir_of(config)
     _save(session, results_dir, config.rootpath, terminalreporter)

@@ -1,4 +1,5 @@
-"""pytest plugin for the claims suite (bench/): options, case parametrisation, the workbench.
+"""The claims suite's part of the plugin (bench/): SAE options checked at startup, case parametrisation,
+the workbench.  The options themselves are rows of :data:`scopebench.plugin.options.OPTIONS`.
 
 A bench case is a claim-registry row plus a measurement: a test marked
 ``@pytest.mark.claim("table7.outlier-attention-unstable")`` that takes a ``backbone``
@@ -19,30 +20,10 @@ import pytest
 from scopebench.backbones.registry import REGISTRY
 from scopebench.claims import get_claim
 from scopebench.names import InvalidName, check_distinct, check_name
-from scopebench.pytest_plugin import ScopebenchOptions, checked_folder
+from scopebench.plugin.options import PLOTS_SUBDIR, split_name_path
+from scopebench.plugin.session import ScopebenchOptions, checked_folder
 from scopebench.sae.recipe import BASELINES_DIR, RecipeError, check_recipes
 from scopebench.workbench import Unavailable, Workbench
-
-DEFAULT_RECIPES = ("batchtopk", "topk", "relu", "jumprelu", "matryoshka")
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("scopebench-bench", "scopebench claims suite")
-    group.addoption("--sae", action="append", default=[], metavar="[BACKBONE/]NAME=PATH",
-                    help="evaluate an SAE checkpoint (native, SAELens, dictionary_learning, overcomplete) "
-                         "under NAME; prefix BACKBONE/ to bind it to one backbone")
-    group.addoption("--sae-recipes", default=",".join(DEFAULT_RECIPES), metavar="LIST",
-                    help="comma-separated baseline recipes from baselines/ to train and evaluate "
-                         "(empty: only --sae checkpoints)")
-    group.addoption("--data-root", default=None, metavar="DIR",
-                    help="root of the real datasets (imagenet/, ade20k/, nyud/); default $SCOPEBENCH_DATA")
-    group.addoption("--plots-dir", default=None, metavar="DIR",
-                    help="where figures are written (default leaderboard/plots under the rootdir)")
-    group.addoption("--no-progress", action="store_true", help="hide progress bars")
-    group.addoption("--propagate", action="store_true",
-                    help="removal probes: run the edited tokens through the backbone's remaining blocks "
-                         "before probing (default: probe at the SAE layer)")
-
 
 _RECIPES_KEY = pytest.StashKey[list[str]]()
 _EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
@@ -62,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     plots = config.getoption("plots_dir")
     config.stash[_PLOTS_KEY] = (checked_folder(plots, "--plots-dir") if plots
-                                else Path(config.rootpath) / "leaderboard" / "plots")
+                                else Path(config.rootpath) / PLOTS_SUBDIR)
 
 
 def _checked_recipes(config: pytest.Config) -> list[str]:
@@ -84,9 +65,10 @@ def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[st
     """``--sae [BACKBONE/]NAME=PATH`` values, checked once at startup: form, backbone, path, name clashes."""
     found: dict[str, Path] = {}
     for value in config.getoption("sae"):
-        name, sep, raw = value.partition("=")
-        if not sep or not name or not raw:
-            raise pytest.UsageError(f"--sae expects [BACKBONE/]NAME=PATH, got {value!r}")
+        try:
+            name, path = split_name_path(value, "--sae", "[BACKBONE/]NAME=PATH", "planted/my-sae=/ckpt")
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from None
         backbone, _, sae_name = name.rpartition("/")
         if backbone and backbone not in REGISTRY:
             raise pytest.UsageError(f"--sae {value}: unknown backbone {backbone!r}; known: {', '.join(REGISTRY)}")
@@ -96,7 +78,6 @@ def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[st
         if sae_name in recipes:
             raise pytest.UsageError(f"--sae {value}: {sae_name!r} is also a baseline recipe of this run; give the "
                                     "checkpoint another name or leave the recipe out of --sae-recipes")
-        path = Path(raw).expanduser()
         if not path.exists():
             raise pytest.UsageError(f"--sae {value}: no checkpoint at {path}; give the path of an SAE folder or file")
         found[name] = path

@@ -1,30 +1,28 @@
-"""pytest plugin: the suite's command-line options and session fixtures.
+"""The inputs of a session, checked at startup, and their session fixtures.
 
-Options: ``--weights NAME=PATH`` (repeatable), ``--weights-config FILE`` (JSON, or TOML on
-Python 3.11+, mapping backbone name -> weights file; relative paths are relative to the
-file), ``--cache-dir`` (activation cache root) and ``--device auto|cpu|cuda``.  Explicit
-``--weights`` entries override the config file.  ``HF_HUB_OFFLINE=1`` is set at configure
-time unless the user set it, so nothing ever waits on the network.
+``--weights NAME=PATH`` (repeatable) and ``--weights-config FILE`` (or ``$SCOPEBENCH_WEIGHTS_CONFIG``;
+read by :func:`scopebench.backbones.weights.read_config_file`) become one mapping backbone name ->
+weights file, explicit ``--weights`` entries winning; ``--cache-dir`` and ``--device`` are checked
+too.  Every problem is a ``pytest.UsageError`` naming the fix, before any test runs.
+``HF_HUB_OFFLINE=1`` is set at configure time unless the user set it, so nothing ever waits on the
+network.  Fixtures: ``scopebench_options``, ``activation_store``, ``device``.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import pytest
 import torch
 
 from scopebench.backbones.registry import REGISTRY
-from scopebench.backbones.weights import CONFIG_ENV
+from scopebench.backbones.weights import CONFIG_ENV, WeightsNotFound, read_config_file
 from scopebench.cache import CACHE_ENV, ActivationStore, default_cache_dir
 from scopebench.device import resolve_device
-
-DEVICES = ("auto", "cpu", "cuda")
+from scopebench.plugin.options import split_name_path
 
 
 @dataclass(frozen=True)
@@ -42,19 +40,6 @@ class ScopebenchOptions:
 
 
 _OPTIONS_KEY = pytest.StashKey[ScopebenchOptions]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("scopebench", "scopebench benchmark")
-    group.addoption("--weights", action="append", default=[], metavar="NAME=PATH",
-                    help="weights file for a registry backbone, e.g. --weights dinov2-b=/models/dinov2.safetensors "
-                         "(repeatable; overrides --weights-config)")
-    group.addoption("--weights-config", default=None, metavar="FILE",
-                    help="JSON (or TOML) file mapping backbone names to weights files")
-    group.addoption("--cache-dir", default=None, metavar="DIR",
-                    help=f"activation cache root (default: ${CACHE_ENV}, else ~/.cache/scopebench)")
-    group.addoption("--device", default="auto", choices=DEVICES,
-                    help="where backbones run: auto (CUDA when available), cpu or cuda")
 
 
 def checked_folder(value: str | os.PathLike[str], flag: str) -> Path:
@@ -87,37 +72,22 @@ def _checked_weights(name: str, path: Path, origin: str) -> tuple[str, Path]:
 
 def _read_weights_config(path: Path, flag: str) -> dict[str, Path]:
     """The mapping of ``--weights-config`` or ``$SCOPEBENCH_WEIGHTS_CONFIG`` (``flag``), every entry checked."""
-    if not path.is_file():
-        raise pytest.UsageError(f"{flag} {path}: no such file")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:
-                raise pytest.UsageError(f"{flag} {path}: TOML needs Python 3.11+; write the same "
-                                        f"mapping as JSON") from None
-            data: Any = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as err:
-        raise pytest.UsageError(f"{flag} {path}: cannot parse ({err}); expected a mapping "
-                                f'{{"backbone-name": "path/to/weights"}}') from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise pytest.UsageError(f"{flag} {path}: expected a flat mapping "
-                                f'{{"backbone-name": "path/to/weights"}}, got {type(data).__name__}')
-    origin = f"{flag} {path}"
-    return dict(_checked_weights(name, path.parent / Path(value).expanduser(), origin) for name, value in data.items())
+        entries = read_config_file(path, flag)
+    except (WeightsNotFound, ValueError) as err:
+        raise pytest.UsageError(str(err)) from None
+    return dict(_checked_weights(name, file, f"{flag} {path}") for name, file in entries.items())
 
 
 def _parse_weights_flag(value: str) -> tuple[str, Path]:
-    name, sep, raw = value.partition("=")
-    if not sep or not name or not raw:
-        raise pytest.UsageError(f"--weights {value!r}: expected NAME=PATH, e.g. --weights dinov2-b=/models/m.safetensors")
-    return _checked_weights(name.strip(), Path(raw).expanduser(), f"--weights {value}")
+    try:
+        name, path = split_name_path(value, "--weights", example="dinov2-b=/models/m.safetensors")
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+    return _checked_weights(name, path, f"--weights {value}")
 
 
-def _cache_origin(option: str | None) -> str:
+def _cache_origin(option: object) -> str:
     if option:
         return "--cache-dir"
     return f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default cache folder"
