@@ -1,7 +1,9 @@
 """Outlier tokens: patch tokens whose L2 norm exceeds a threshold tau (DESIGN.md).
 
 ``tau`` is either fixed per backbone (paper Table 5) or ``"auto"``: the valley of the
-log-norm histogram between the bulk of tokens and the high-norm outlier mode.
+log-norm histogram between the bulk of tokens and the high-norm outlier mode, accepted
+only when a scan test finds it significant and the mode above it is a minority
+(:func:`auto_tau`, :func:`scopebench.valley.valley_test`).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from scopebench.codes import TokenArray
-from scopebench.valley import histogram_valley
+from scopebench.valley import UnimodalError, histogram_valley
 
 Tau = Union[float, Literal["auto"]]
+MAX_OUTLIER_FRACTION = 0.5  # outliers are a minority of tokens (a few % in the paper's backbones)
 
 
 def token_norms(tokens: TokenArray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
@@ -41,18 +44,29 @@ def outlier_mask(norms: np.ndarray, tau: float) -> np.ndarray:
     return np.asarray(norms) > tau
 
 
-def auto_tau(norms: np.ndarray, *, bins: int = 100, smooth_bins: float = 2.0) -> float:
-    """Outlier threshold at the valley of the log-norm histogram between its two main modes.
+def auto_tau(norms: np.ndarray, *, bins: int = 100, smooth_bins: float = 2.0,
+             max_outlier_fraction: float = MAX_OUTLIER_FRACTION) -> float:
+    """Outlier threshold at the valley of the log-norm histogram between the bulk and an outlier mode.
 
-    Raises :class:`scopebench.valley.UnimodalError` when the norms show no outlier mode
-    (e.g. a backbone without high-norm tokens): pass a fixed tau instead.
+    The valley must pass :func:`scopebench.valley.valley_test` on the log norms (a scan of
+    histogram windows with exact binomial tests, Bonferroni-adjusted p <= 1e-3, valid for
+    any unimodal distribution and sample size) with less than ``max_outlier_fraction`` of
+    the tokens above it, and the returned tau must flag fewer than that share: outliers are
+    a minority mode.  Otherwise raises :class:`scopebench.valley.UnimodalError` (e.g. a
+    backbone without high-norm tokens, or a skewed unimodal bulk): pass a fixed tau instead.
     """
     n = np.asarray(norms, dtype=np.float64).ravel()
     n = n[np.isfinite(n)]
     if n.size == 0 or (n <= 0).all():
         raise ValueError("auto_tau needs positive token norms; got none (is the token array empty?)")
-    log_tau = histogram_valley(np.log(n[n > 0]), bins=bins, smooth_bins=smooth_bins, what="log token norms")
-    return float(np.exp(log_tau))
+    tau = float(np.exp(histogram_valley(np.log(n[n > 0]), bins=bins, smooth_bins=smooth_bins,
+                                        max_upper_fraction=max_outlier_fraction, what="log token norms")))
+    share = float((n > tau).mean())
+    if share >= max_outlier_fraction:
+        raise UnimodalError(f"the log-norm valley at tau={tau:.4g} would flag {share:.1%} of tokens as outliers; "
+                            f"outliers are a minority mode (< {max_outlier_fraction:.0%}), so this is no outlier "
+                            "valley; set tau explicitly")
+    return tau
 
 
 def resolve_tau(spec_tau: Tau, norms: np.ndarray | None = None) -> float:

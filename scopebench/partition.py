@@ -31,8 +31,12 @@ class Partition:
 def auto_gamma(cds: np.ndarray, *, bins: int = 50, smooth_bins: float = 1.5) -> float:
     """gamma at the valley between the low-CDS and high-CDS modes of the CDS histogram.
 
-    Raises :class:`scopebench.valley.UnimodalError` when the CDS histogram has one mode;
-    then fix gamma in the backbone spec.
+    The valley must pass :func:`scopebench.valley.valley_test` (a scan of histogram windows
+    with exact binomial tests, Bonferroni-adjusted p <= 1e-3, valid for any unimodal
+    distribution and sample size): a skewed unimodal CDS histogram of a few hundred
+    features has bumps but no significant valley.  Raises
+    :class:`scopebench.valley.UnimodalError` when there is none; then fix gamma in the
+    backbone spec.
     """
     return histogram_valley(cds, bins=bins, smooth_bins=smooth_bins, what="CDS values")
 

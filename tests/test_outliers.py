@@ -59,3 +59,33 @@ def test_fixed_tau_and_bad_values() -> None:
         resolve_tau("auto")
     with pytest.raises(UnimodalError, match="unimodal"):
         auto_tau(np.exp(np.random.default_rng(3).normal(3.0, 0.2, 5000)))
+
+
+def test_auto_tau_refuses_a_skewed_unimodal_bulk_for_every_seed() -> None:
+    # the case: gamma(20) norms have one mode, yet the old histogram rule put tau in the
+    # low tail for seed 0 and flagged 99.6% of the tokens as outliers
+    for seed in range(50):
+        with pytest.raises(UnimodalError, match="log token norms look unimodal"):
+            auto_tau(np.random.default_rng(seed).gamma(20, 1.0, 2000))
+
+
+def test_auto_tau_finds_a_small_outlier_mode_for_every_seed() -> None:
+    # 97.5% of 2,000 tokens around norm 10, 2.5% around norm 100 (log-normal, sigma 0.1)
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        is_outlier = rng.random(2000) < 0.025
+        norms = np.exp(np.where(is_outlier, rng.normal(np.log(100.0), 0.1, 2000), rng.normal(np.log(10.0), 0.1, 2000)))
+        tau = auto_tau(norms)
+        assert norms[~is_outlier].max() < tau < norms[is_outlier].min(), f"seed {seed}: tau={tau:.2f}"
+        norms, is_outlier = bimodal_norms(seed)
+        tau = auto_tau(norms)
+        assert norms[~is_outlier].max() < tau < norms[is_outlier].min(), f"bimodal_norms({seed}): tau={tau:.2f}"
+
+
+def test_auto_tau_needs_the_upper_mode_to_be_a_minority() -> None:
+    rng = np.random.default_rng(4)
+    norms = np.exp(np.concatenate([rng.normal(np.log(10.0), 0.1, 600), rng.normal(np.log(100.0), 0.1, 1400)]))
+    assert 10.0 < np.exp(histogram_valley(np.log(norms))) < 100.0  # two modes, but 70% of tokens in the upper one
+    with pytest.raises(UnimodalError, match="less than 50% of them above it"):
+        auto_tau(norms)
+    assert 10.0 < auto_tau(norms, max_outlier_fraction=0.8) < 100.0
