@@ -4,8 +4,8 @@ import pytest
 
 from scopebench.backbones.registry import REGISTRY
 from scopebench.plugin.bench import sae_variants
-from scopebench.plots import plot_removal_scaling
-from scopebench.workbench import Unavailable
+from scopebench.results.plots import plot_removal_scaling
+from scopebench.suite.workbench import Unavailable
 
 FAMILIES = ("planted", "dinov2", "deit3", "siglip2", "clip")
 EMBEDDINGS = ("original", "high_removed", "low_removed")
@@ -19,7 +19,7 @@ def test_figure8_scaling_plot(workbench, family, plots_dir, pytestconfig):
             continue
         try:
             sae_name = sae_variants(pytestconfig, name)[0]
-            measured[spec.size] = workbench.probes(name, sae_name, "cls")
+            measured[spec.size] = workbench.run("removal_probes", name, sae_name, tasks=("cls",)).quantities()
         except Unavailable as err:
             reason = str(err)
     if not measured:

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from scopebench.cds import feature_maps
-from scopebench.plots import plot_feature_maps
+from scopebench.analyses.cds.scores import feature_maps
+from scopebench.results.plots import plot_feature_maps
 
 N_FEATURES, N_IMAGES = 6, 4
 
@@ -15,9 +15,9 @@ def _view_disagreement(maps_a: np.ndarray, maps_b: np.ndarray) -> float:
     return float(0.5 * np.abs(na - nb).sum((-1, -2)).mean())
 
 
-@pytest.mark.claim("table4.high-cds-minority")
+@pytest.mark.backbones("table4")
 def test_figure9_10_feature_maps(workbench, backbone, sae_name, plots_dir):
-    cds = workbench.cds(backbone, sae_name)
+    cds, _ = workbench.run("cds", backbone, sae_name).details
     pair = workbench.scc_tokens(backbone, cds.shift)
     sae = workbench.sae(backbone, sae_name)
     scored = np.flatnonzero(np.isfinite(cds.cds) & (cds.n_images_used >= N_IMAGES))

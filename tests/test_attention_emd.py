@@ -8,8 +8,8 @@ import ot
 import pytest
 import torch
 
-from scopebench.attention import AttentionEMDAccumulator
-from scopebench.scc import overlap_index
+from scopebench.analyses.attention_emd.accumulator import AttentionEMDAccumulator
+from scopebench.pipeline.scc import overlap_index
 
 P, S, PREFIX = 4, 1, 1
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from scopebench.awcds import awcds_by_norm_percentile, token_awcds
+from scopebench.analyses.awcds.tokens import awcds_by_norm_percentile, token_awcds
 from tiny_sae import ReluSAE
 
 

@@ -8,26 +8,38 @@ from pydantic import ValidationError
 
 import scopebench.data as data_module
 from scopebench.backbones.registry import get_spec
-from scopebench.benchconfig import PAPER_SCALE, PLANTED_SCALE
-from scopebench.data.sampling import Subset
-from scopebench.datasets import bench_dataset
+from scopebench.suite.scales import PAPER_SCALE, PLANTED_SCALE
+from scopebench.data.subsets import Subset
+from scopebench.suite.stages import bench_dataset
 
 
 @pytest.mark.parametrize("split, index", [("train", 0), ("val", 1), ("test", 2)])
 def test_classification_probe_has_its_own_counts_on_the_planted_default(split: str, index: int) -> None:
     planted = get_spec("planted")
-    cls_counts = PLANTED_SCALE.task_probe_images["cls"]
+    probes = PLANTED_SCALE.removal_probes
+    cls_counts = probes.task_images["cls"]
     assert len(bench_dataset(planted, f"probe-cls-{split}", PLANTED_SCALE, None)) == cls_counts[index]
-    dense = (PLANTED_SCALE.probe_train_images, PLANTED_SCALE.probe_val_images, PLANTED_SCALE.probe_test_images)
+    dense = (probes.train_images, probes.val_images, probes.test_images)
     for task in ("seg", "depth"):
         assert len(bench_dataset(planted, f"probe-{task}-{split}", PLANTED_SCALE, None)) == dense[index]
 
 
 def test_task_counts_name_known_tasks_and_positive_counts() -> None:
     with pytest.raises(ValidationError, match="unknown task"):
-        PLANTED_SCALE.model_validate({**PLANTED_SCALE.model_dump(), "task_probe_images": {"segm": (1, 1, 1)}})
+        PLANTED_SCALE.updated({"removal_probes": {"task_images": {"segm": (1, 1, 1)}}})
     with pytest.raises(ValidationError, match="must be > 0"):
-        PLANTED_SCALE.model_validate({**PLANTED_SCALE.model_dump(), "task_probe_images": {"seg": (10, 0, 5)}})
+        PLANTED_SCALE.updated({"removal_probes": {"task_images": {"seg": (10, 0, 5)}}})
+
+
+def test_each_analysis_config_is_a_field_of_the_scale_and_updates_nest() -> None:
+    from scopebench.analyses import ANALYSES
+
+    for name, analysis in ANALYSES.items():
+        assert isinstance(PLANTED_SCALE.analysis(name), analysis.config), name
+    smaller = PLANTED_SCALE.updated({"cds": {"images": 7}, "train_images": 5})
+    assert (smaller.cds.images, smaller.cds.k, smaller.train_images) == (7, PLANTED_SCALE.cds.k, 5)
+    with pytest.raises(ValidationError, match="imgs"):
+        PLANTED_SCALE.updated({"cds": {"imgs": 7}})
 
 
 class _OfficialSplit:
@@ -76,14 +88,14 @@ def test_paper_scale_probe_splits_are_disjoint_and_use_the_small_evaluation_spli
         assert test.identity.split("|")[0] == parent and len(test) == n_test
         parent, n_train = expected_train_split[task]
         assert train.identity.split("|")[0] == val.identity.split("|")[0] == parent
-        assert len(val) == PAPER_SCALE.probe_images(task, "val") and len(train) == n_train
+        assert len(val) == PAPER_SCALE.removal_probes.images(task, "val") and len(train) == n_train
         assert not _indices(train) & _indices(val)  # validation is held out of the probe's training images
 
 
 def test_a_training_split_too_small_for_the_validation_part_is_an_error_naming_the_fix(
         official_splits, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(_OfficialSplit.SIZES, ("nyud", "train"), 60)
-    with pytest.raises(ValueError, match=r"has 60 images, too few to hold out 80 .*task_probe_images\['depth'\]"):
+    with pytest.raises(ValueError, match=r"has 60 images, too few to hold out 80 .*task_images\['depth'\]"):
         bench_dataset(get_spec("dinov2-b"), "probe-depth-train", PAPER_SCALE, official_splits)
 
 
@@ -105,7 +117,7 @@ def test_every_baseline_trains_well_past_its_warmup_at_both_scales(scale_name: s
 def test_missing_dataset_is_unavailable_but_a_malformed_one_is_an_error(tmp_path: Path) -> None:
     """A skip for data that is not there; a tree the user put there but got wrong must not turn the run green."""
     from scopebench.data.files import DatasetLayoutError
-    from scopebench.datasets import DatasetUnavailable
+    from scopebench.suite.stages import DatasetUnavailable
 
     spec = get_spec("dinov2-b")
     with pytest.raises(DatasetUnavailable, match="no imagenet/ under the data root"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
-from scopebench.cache import ActivationStore, CacheCorrupted, CacheIncomplete, CacheKey, CacheMissing, EntryMeta
+from scopebench.pipeline.cache import ActivationStore, CacheCorrupted, CacheIncomplete, CacheKey, CacheMissing, EntryMeta
 
 KEY = CacheKey(kind="tokens", backbone="fake", weights_id="random-init:0", layer=1, dataset="toy:v1",
                transform='{"op":"square_resize"}', sampling="all:n=10", dtype="float32")
@@ -272,7 +272,7 @@ def test_crash_between_payload_and_seal_leaves_an_entry_that_is_resealed_not_rea
     def crash(*args, **kwargs):
         raise OSError("killed before sealing")
 
-    monkeypatch.setattr("scopebench.cache.write_seal", crash)
+    monkeypatch.setattr("scopebench.pipeline.cache.write_seal", crash)
     with pytest.raises(OSError, match="killed before sealing"):
         _fill(store, KEY, data)
     monkeypatch.undo()

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from scopebench.benchconfig import PLANTED_SCALE
-from scopebench.cache import ActivationStore, CacheCorrupted
-from scopebench.cli import main
+from scopebench.suite.scales import PLANTED_SCALE
+from scopebench.pipeline.cache import ActivationStore, CacheCorrupted
+from scopebench.cli.main import main
 from scopebench.sae.checkpoint import weights_sha256
-from scopebench.workbench import Workbench
+from scopebench.suite.workbench import Workbench
 
 BACKBONE, SAE, SHIFT = "planted", "batchtopk", 2
-TINY = PLANTED_SCALE.model_copy(update={
+TINY = PLANTED_SCALE.updated({
     "train_images": 16, "sae_overrides": {"expansion_factor": 2, "n_tokens": 4096, "batch_size": 256},
-    "eval_images": 16, "attention_images": 2, "batch_size": 8,
+    "reconstruction": {"images": 16}, "attention_emd": {"images": 2}, "batch_size": 8,
 })
 
 
@@ -29,12 +29,16 @@ def _bench(root: Path) -> Workbench:
     return Workbench(ActivationStore(root), device="cpu", progress=False, scales={BACKBONE: TINY})
 
 
+def _emd(bench: Workbench) -> dict:
+    return bench.run("attention_emd", BACKBONE, shifts=(SHIFT,)).per_shift[SHIFT].model_dump()
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
     root = tmp_path_factory.mktemp("artefact-cache")
     bench = _bench(root)
     digest = weights_sha256(bench.sae(BACKBONE, SAE))
-    return root, digest, dict(bench.attention_emd(BACKBONE, SHIFT).__dict__)
+    return root, digest, _emd(bench)
 
 
 @pytest.fixture
@@ -71,10 +75,10 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_a_second_session_reuses_the_sealed_sae_and_memo(cache, built, monkeypatch):
-    monkeypatch.setattr("scopebench.workbench.train_sae", _no_training)
+    monkeypatch.setattr("scopebench.suite.workbench.train_sae", _no_training)
     bench = _bench(cache)
     assert weights_sha256(bench.sae(BACKBONE, SAE)) == built[1]
-    assert bench.attention_emd(BACKBONE, SHIFT).__dict__ == built[2]
+    assert _emd(bench) == built[2]
     for folder in (_weights(cache).parent.parent, _memo(cache).parent):
         seal = json.loads((folder / "seal.json").read_text())
         assert seal["info"]["backbone"] == BACKBONE and seal["kind"] in ("sae", "memo")
@@ -85,7 +89,7 @@ def test_a_second_session_reuses_the_sealed_sae_and_memo(cache, built, monkeypat
 def test_edited_sae_weights_are_refused_never_reported_under_the_recipe_name(cache, monkeypatch):
     weights = _weights(cache)
     _flip_last_byte(weights)
-    monkeypatch.setattr("scopebench.workbench.train_sae", _no_training)
+    monkeypatch.setattr("scopebench.suite.workbench.train_sae", _no_training)
     with pytest.raises(CacheCorrupted, match="sha256 does not match seal.json") as caught:
         _bench(cache).sae(BACKBONE, SAE)
     assert caught.value.path == weights
@@ -99,16 +103,16 @@ def test_sae_left_unsealed_by_a_crash_is_retrained_not_read(cache, built, monkey
     (weights.parent.parent / "seal.json").unlink(missing_ok=True)  # the run died after its checkpoint, before sealing
     _flip_last_byte(weights)
     calls = []
-    from scopebench.workbench import train_sae as real_train
+    from scopebench.suite.workbench import train_sae as real_train
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("scopebench.workbench.train_sae", counting)
+    monkeypatch.setattr("scopebench.suite.workbench.train_sae", counting)
     assert weights_sha256(_bench(cache).sae(BACKBONE, SAE)) == built[1]  # resumed from its state: same SAE
     assert calls == [1] and (weights.parent.parent / "seal.json").is_file()
-    monkeypatch.setattr("scopebench.workbench.train_sae", _no_training)
+    monkeypatch.setattr("scopebench.suite.workbench.train_sae", _no_training)
     assert weights_sha256(_bench(cache).sae(BACKBONE, SAE)) == built[1]
 
 
@@ -119,15 +123,15 @@ def test_crash_between_payload_and_seal_leaves_a_memo_that_is_recomputed(tmp_pat
     def crash(*args, **kwargs):
         raise OSError("killed before sealing")
 
-    monkeypatch.setattr("scopebench.cache.write_seal", crash)
+    monkeypatch.setattr("scopebench.pipeline.cache.write_seal", crash)
     with pytest.raises(OSError, match="killed before sealing"):
-        _bench(root).attention_emd(BACKBONE, SHIFT)
+        _emd(_bench(root))
     monkeypatch.undo()
     memo = _memo(root)
     stored = json.loads(memo.read_text())
     stored["result"]["outlier"] = 0.0  # whatever the payload says, an unsealed memo is not read
     memo.write_text(json.dumps(stored))
-    assert _bench(root).attention_emd(BACKBONE, SHIFT).__dict__ == built[2]
+    assert _emd(_bench(root)) == built[2]
 
 
 def test_edited_memo_is_refused_never_changes_a_verdict(cache):
@@ -136,7 +140,7 @@ def test_edited_memo_is_refused_never_changes_a_verdict(cache):
     stored["result"]["outlier"] = 0.0  # would flip "outlier attention moves more"
     memo.write_text(json.dumps(stored))
     with pytest.raises(CacheCorrupted, match="seal.json") as caught:
-        _bench(cache).attention_emd(BACKBONE, SHIFT)
+        _emd(_bench(cache))
     assert caught.value.path == memo
 
 
@@ -144,7 +148,7 @@ def test_truncated_memo_is_corruption_not_a_json_decode_error(cache):
     memo = _memo(cache)
     memo.write_bytes(memo.read_bytes()[:20])
     with pytest.raises(CacheCorrupted, match="truncated or altered") as caught:
-        _bench(cache).attention_emd(BACKBONE, SHIFT)
+        _emd(_bench(cache))
     assert caught.value.path == memo and "scopebench cache clear" in str(caught.value)
 
 
@@ -152,7 +156,7 @@ def test_memo_seal_that_is_itself_garbage_is_corruption(cache):
     seal = _memo(cache).parent / "seal.json"
     seal.write_text("{not json")
     with pytest.raises(CacheCorrupted, match="malformed seal") as caught:
-        _bench(cache).attention_emd(BACKBONE, SHIFT)
+        _emd(_bench(cache))
     assert caught.value.path == seal
 
 
@@ -161,7 +165,7 @@ def test_ls_lists_every_kind_with_backbone_and_name(cache, capsys):
     assert code == 0
     rows = {line.split()[1]: line.split() for line in out.splitlines()[2:] if line.strip()}
     assert rows["sae"][2:4] == [BACKBONE, SAE] and rows["sae"][-1] == "complete/ok"
-    assert rows["memo"][2:4] == [BACKBONE, "attention-emd"] and rows["memo"][-1] == "complete/ok"
+    assert rows["memo"][2:4] == [BACKBONE, "attention_emd"] and rows["memo"][-1] == "complete/ok"
     assert rows["tokens"][2] == BACKBONE
 
 

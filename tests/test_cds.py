@@ -8,10 +8,10 @@ import ot
 import pytest
 import torch
 
-from scopebench.cds import compute_cds, feature_maps, top_images_per_feature
-from scopebench.partition import auto_gamma, partition, resolve_gamma
-from scopebench.scc import overlap_index
-from scopebench.valley import UnimodalError
+from scopebench.analyses.cds.scores import compute_cds, feature_maps, top_images_per_feature
+from scopebench.analyses.cds.partition import auto_gamma, partition, resolve_gamma
+from scopebench.pipeline.scc import overlap_index
+from scopebench.analyses.valley import UnimodalError
 from tiny_sae import ReluSAE
 
 P, S = 6, 1  # 6x6 patch grid, shift 1: 5x5 overlap, D = 4 sqrt(2)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from scopebench.backbones.registry import REGISTRY
-from scopebench.claims import (
-    CLAIMS, PAPER_TABLES, QUANTITIES, Claim, Relation, evaluate, get_claim, indexed,
-)
+from scopebench.analyses import ReconstructionOutput
+from scopebench.claims.registry import CLAIMS, QUANTITIES, Claim, Relation, check_all, claims_for, evaluate, get_claim
+from scopebench.keys import base_name, indexed
+from scopebench.paper import PAPER_TABLES
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared"  # shared/ beside the repository, as in CI
 SUPPLEMENT = SEEDS / "seeds" / "paper-supplement.txt"
@@ -129,7 +130,7 @@ def test_claims_are_well_formed() -> None:
         assert claim.id.split(".")[0] == claim.table
         assert set(claim.paper_values) <= set(claim.backbones), claim.id
         for values in claim.paper_values.values():
-            assert {re.sub(r"\[.*\]$", "", k) for k in values} <= set(claim.quantities)
+            assert {base_name(k) for k in values} <= {base_name(q) for q in claim.quantities}
 
 
 def test_paper_numbers_satisfy_their_own_claims() -> None:
@@ -144,7 +145,7 @@ def test_paper_numbers_satisfy_their_own_claims() -> None:
 
 
 def _claim(op: str, tolerance: float = 0.0, for_every: str | None = None) -> Claim:
-    return Claim(id="t.x", source="test", table="t", statement="s", backbones=("planted",),
+    return Claim(id="t.x", source="test", table="t", analysis="reconstruction", statement="s", backbones=("planted",),
                  relation=Relation(a="fvu_o", op=op, b="fvu_a", for_every=for_every), tolerance=tolerance)
 
 
@@ -204,11 +205,34 @@ def test_real_claims_on_failing_measurements() -> None:
 
 
 def test_bad_claim_definitions_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown quantity"):
-        Claim(id="x", source="s", table="t", statement="s", backbones=(),
+    with pytest.raises(ValueError, match="'nope' is not a quantity of the reconstruction output"):
+        Claim(id="x", source="s", table="t", analysis="reconstruction", statement="s", backbones=(),
               relation=Relation(a="nope", op="<", b="fvu_a"))
+    with pytest.raises(ValueError, match="'n_low' is not a quantity of the reconstruction output"):
+        Claim(id="x", source="s", table="t", analysis="reconstruction", statement="s", backbones=(),
+              relation=Relation(a="n_low", op="<", b="fvu_a"))
+    with pytest.raises(ValueError, match="unknown analysis 'recon'"):
+        Claim(id="x", source="s", table="t", analysis="recon", statement="s", backbones=(),
+              relation=Relation(a="fvu_o", op="<", b="fvu_a"))
     with pytest.raises(ValueError, match="tolerance"):
         _claim("<", tolerance=-1.0)
     with pytest.raises(KeyError, match="unknown claim"):
         get_claim("table99.nothing")
-    assert set(QUANTITIES) >= {q for c in CLAIMS for q in c.quantities}
+    assert set(QUANTITIES) >= {base_name(q) for c in CLAIMS for q in c.quantities}
+
+
+def test_check_all_evaluates_every_claim_of_an_output_and_only_those() -> None:
+    """One call per output: the claims of its analysis, on its backbone, whose quantities it holds."""
+    output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.8)
+    found = {claim.id: verdict for claim, verdict in check_all("reconstruction", output, "dinov2-b", "topk")}
+    assert found.keys() == {"table6.outliers-reconstructed-better", "table6.outliers-cosine-higher"}
+    assert found["table6.outliers-reconstructed-better"].passed and not found["table6.outliers-cosine-higher"].passed
+    assert found["table6.outliers-reconstructed-better"].exemption is not None  # topk is exempt from this one
+    assert found["table6.outliers-cosine-higher"].exemption is None
+    assert [c.id for c in claims_for("reconstruction", "dinov2-b", {"fvu_a": 0.1, "fvu_o": 0.2})] == [
+        "table6.outliers-reconstructed-better"]
+    assert claims_for("cds", "dinov2-b", {"n_low": 1.0, "n_high": 2.0}) == []  # Table 4's claim is CLIP-only
+    probes = {"cls_top1_original": 80.0, "cls_top1_high_removed": 81.0, "cls_top1_low_removed": 70.0}
+    assert {c.id for c in claims_for("removal_probes", "clip-b16", probes)} == {"table3.cls-high-removal-harmless"}
+    assert {c.id for c in claims_for("removal_probes", "deit3-l", probes)} == {
+        "figure8.cls-high-removal-harmless", "figure8.cls-low-removal-hurts"}

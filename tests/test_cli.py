@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from scopebench.cache import ActivationStore, CacheCorrupted, CacheKey
-from scopebench.cli import build_parser, default_cache_dir, main
+from scopebench.pipeline.cache import ActivationStore, CacheCorrupted, CacheKey
+from scopebench.cli.main import build_parser, default_cache_dir, main
 
 TOKENS = CacheKey(kind="tokens", backbone="planted", weights_id="random-init:0", layer=1, dataset="scenes:v1",
                   transform="{}", sampling="all:n=6", dtype="float32")
@@ -164,7 +164,7 @@ def test_every_command_is_registered_with_help(capsys):
 
 def test_building_the_parser_does_not_import_torch():
     """`scopebench --help`, `claims` and `cache` stay fast: heavy modules load only when a command needs them."""
-    code = "import sys; from scopebench.cli import build_parser; build_parser(); print(sorted({'torch', 'timm', " \
+    code = "import sys; from scopebench.cli.main import build_parser; build_parser(); print(sorted({'torch', 'timm', " \
            "'pandas'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -172,7 +172,7 @@ def test_building_the_parser_does_not_import_torch():
 
 
 def test_module_entry_point_returns_the_exit_code(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "scopebench.cli", "cache", "verify", "ffffffff", "--cache-dir",
+    done = subprocess.run([sys.executable, "-m", "scopebench.cli.main", "cache", "verify", "ffffffff", "--cache-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "matches 'ffffffff'" in done.stderr
 
@@ -212,7 +212,7 @@ def test_ls_survives_a_huge_n_rows_and_reports_it(tmp_path, capsys):
 
 _READER = """
 import sys
-from scopebench.cache import ActivationStore, CacheKey
+from scopebench.pipeline.cache import ActivationStore, CacheKey
 tokens = ActivationStore(sys.argv[1]).read(CacheKey(**{key!r}))["tokens"]
 first = tokens[0].copy()
 print("ready", flush=True)

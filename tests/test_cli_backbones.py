@@ -8,8 +8,8 @@ from cli_tables import parse_table
 
 from scopebench.backbones.registry import REGISTRY
 from scopebench.backbones.weights import CONFIG_ENV
-from scopebench.cli import main
-from scopebench.cli_backbones import ordinal
+from scopebench.cli.main import main
+from scopebench.cli.backbones import ordinal
 
 
 pytestmark = pytest.mark.usefixtures("offline_hub")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from cli_tables import parse_table
 
-from scopebench.claims import CLAIMS, Claim, Relation
-from scopebench.cli import main
-from scopebench.cli_claims import render_claims
+from scopebench.claims.registry import CLAIMS, Claim, Relation
+from scopebench.cli.main import main
+from scopebench.cli.claims import render_claims
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -68,7 +68,8 @@ def test_every_shift_of_table9(capsys):
 
 
 def test_holds_column_applies_relation_and_tolerance():
-    claim = Claim(id="t.toy", source="Table 6", table="table6", statement="toy", backbones=("a", "b", "c"),
+    claim = Claim(id="t.toy", source="Table 6", table="table6", analysis="reconstruction", statement="toy",
+                  backbones=("a", "b", "c"),
                   relation=Relation(a="fvu_o", op="<=", b="fvu_a"), tolerance=0.5,
                   paper_values={"a": {"fvu_o": 1.4, "fvu_a": 1.0}, "b": {"fvu_o": 1.6, "fvu_a": 1.0},
                                 "c": {"fvu_o": 0.2}})

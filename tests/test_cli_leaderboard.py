@@ -8,20 +8,21 @@ import pytest
 from cli_tables import parse_table
 from result_files import write_result
 
-from scopebench.cli import main
-from scopebench.leaderboard import build_frame, load_results, render_markdown
+from scopebench.cli.main import main
+from scopebench.results.leaderboard import build_frame, load_results, render_markdown
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     folder = tmp_path / "leaderboard" / "results"
     folder.mkdir(parents=True)
-    write_result(folder, "dinov2-b", "relu", {"table6": {"fvu_a": 0.08, "dead_pct": 12.5}},
+    write_result(folder, "dinov2-b", "relu", {"reconstruction": {"fvu_a": 0.08, "dead_pct": 12.5}},
                  {"c1": False, "c2": True})
-    write_result(folder, "dinov2-b", "topk", {"table6": {"fvu_a": 0.05, "fvu_o": 0.001}},
+    write_result(folder, "dinov2-b", "topk", {"reconstruction": {"fvu_a": 0.05, "fvu_o": 0.001}},
                  {"c1": True, "c2": True})
-    write_result(folder, "clip-b16", "topk", {"table3": {"seg_miou_original": 25.87, "seg_miou_low_removed": 11.65},
-                                              "table4": {"n_low": 17329, "n_high": 7247}})
+    write_result(folder, "clip-b16", "topk", {
+        "removal_probes": {"seg_miou_original": 25.87, "seg_miou_low_removed": 11.65},
+        "cds": {"n_low": 17329, "n_high": 7247}})
     return folder
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cli_tables import parse_table
 
-from scopebench.cli import main
+from scopebench.cli.main import main
 from scopebench.sae.arch import ARCHITECTURES
 from scopebench.sae.recipe import BASELINES_DIR
 

@@ -8,7 +8,7 @@ import pytest
 from cli_tables import parse_table
 
 from scopebench.backbones.weights import CONFIG_ENV
-from scopebench.cli import main
+from scopebench.cli.main import main
 
 DEIT_REPO = "timm/deit3_small_patch16_224.fb_in22k_ft_in1k"
 

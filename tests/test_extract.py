@@ -10,11 +10,11 @@ import torch
 
 from scopebench.backbones.base import Backbone, Grid, LayerOutput, Preprocess
 from scopebench.backbones.spec import BackboneSpec
-from scopebench.cache import ActivationStore, CacheCorrupted
+from scopebench.pipeline.cache import ActivationStore, CacheCorrupted
 from scopebench.data.base import ImageDataset, Sample
 from scopebench.device import resolve_device
-from scopebench.extract import extract_scc_tokens, extract_tokens
-from scopebench.scc import scc, square_resize
+from scopebench.pipeline.extract import extract_scc_tokens, extract_tokens
+from scopebench.pipeline.scc import scc, square_resize
 
 PATCH, SIDE, DIM, HEADS = 4, 5, 6, 2
 

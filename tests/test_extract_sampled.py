@@ -9,12 +9,12 @@ import torch
 
 from scopebench.backbones import Backbone, LayerOutput, load_backbone
 from scopebench.backbones.planted import N_GLOBAL_ATOMS, N_LOCAL
-from scopebench.benchconfig import PAPER_SCALE, PLANTED_SCALE
-from scopebench.cache import ActivationStore, CacheKey
+from scopebench.suite.scales import PAPER_SCALE, PLANTED_SCALE
+from scopebench.pipeline.cache import ActivationStore, CacheKey
 from scopebench.data.scenes import SyntheticScenes
-from scopebench.extract import Activations, extract_tokens
+from scopebench.pipeline.extract import Activations, extract_tokens
 from scopebench.sae import train_sae
-from scopebench.workbench import Workbench
+from scopebench.suite.workbench import Workbench
 
 N_IMAGES, K = 12, 4
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -265,12 +265,13 @@ def test_train_sae_uses_every_stored_token_each_epoch(backbone, scenes, tmp_path
 
 def test_paper_scale_samples_training_tokens_and_planted_default_does_not(tmp_path):
     assert PAPER_SCALE.train_patches_per_image == 4 and PLANTED_SCALE.train_patches_per_image is None
-    scale = PLANTED_SCALE.model_copy(update={"train_images": 6, "eval_images": 5, "train_patches_per_image": 3})
+    scale = PLANTED_SCALE.updated({"train_images": 6, "reconstruction": {"images": 5},
+                                   "train_patches_per_image": 3})
     bench = Workbench(ActivationStore(tmp_path), device="cpu", progress=False, scales={"planted": scale})
     train, evaluation = bench.tokens("planted", "train"), bench.tokens("planted", "eval")
     assert train.tokens.shape[:2] == (6, 3) and train.patch_index.shape == (6, 3)
     assert train.key.sampling.endswith(";patches:k=3:seed=0")
     assert evaluation.patch_index is None and evaluation.tokens.shape[:2] == (5, 196)
     default = Workbench(ActivationStore(tmp_path / "default"), device="cpu", progress=False,
-                        scales={"planted": PLANTED_SCALE.model_copy(update={"train_images": 6})})
+                        scales={"planted": PLANTED_SCALE.updated({"train_images": 6})})
     assert default.tokens("planted", "train").patch_index is None

@@ -7,23 +7,27 @@ from pathlib import Path
 import pytest
 
 from result_files import write_result
-from scopebench.leaderboard import build_frame, load_results, render_markdown, render_text, write_leaderboard
-from scopebench.results import ResultFileError
+from scopebench.results.leaderboard import build_frame, load_results, render_markdown, render_text, write_leaderboard
+from scopebench.results.records import ResultFileError
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
-    write_result(tmp_path, "dinov2-b", "topk", {"table6": {"fvu_a": 0.05, "fvu_o": 0.001, "cs_a": 0.9, "cs_o": 0.99}},
+    write_result(tmp_path, "dinov2-b", "topk", {"reconstruction": {"fvu_a": 0.05, "fvu_o": 0.001, "cs_a": 0.9,
+                                                                   "cs_o": 0.99}},
                  {"table6.a": True, "table6.b": True})
-    write_result(tmp_path, "dinov2-b", "relu", {"table6": {"fvu_a": 0.08, "fvu_o": None, "dead_pct": 12.5}},
+    write_result(tmp_path, "dinov2-b", "relu", {"reconstruction": {"fvu_a": 0.08, "fvu_o": None, "dead_pct": 12.5}},
                  {"table6.a": False, "table6.b": True})
-    write_result(tmp_path, "dinov2-b", "matryoshka", {"table7": {"attn_emd_out[s=1]": 6.5, "attn_emd_non[s=1]": 0.7}})
+    write_result(tmp_path, "dinov2-b", "matryoshka", {"awcds": {"awcds_top_bin": 0.3}})
+    write_result(tmp_path, "dinov2-b", None, {"attention_emd": {"per_shift": {"1": {
+        "outlier": 6.5, "non_outlier": 0.7, "n_outlier": 3, "n_non_outlier": 30}}}})
     write_result(tmp_path, "clip-b16", "topk", {
-        "table6": {"fvu_a": 0.1}, "table4": {"n_low": 17329, "n_high": 7247},
-        "table3": {"cls_top1_original": 74.82, "cls_top1_high_removed": 75.54, "seg_miou_original": 25.87,
-                   "seg_miou_low_removed": 11.65, "depth_rmse_original": 0.8841, "depth_rmse_low_removed": 0.9481},
+        "reconstruction": {"fvu_a": 0.1}, "cds": {"n_low": 17329, "n_high": 7247},
+        "removal_probes": {"cls_top1_original": 74.82, "cls_top1_high_removed": 75.54, "seg_miou_original": 25.87,
+                           "seg_miou_low_removed": 11.65, "depth_rmse_original": 0.8841,
+                           "depth_rmse_low_removed": 0.9481},
     })
-    write_result(tmp_path, "my-vit", "topk", {"table6": {"fvu_a": 0.3}})
+    write_result(tmp_path, "my-vit", "topk", {"reconstruction": {"fvu_a": 0.3}})
     return tmp_path
 
 
@@ -45,7 +49,9 @@ def test_values_and_derived_columns(results: Path) -> None:
     relu = frame.loc[("dinov2-b", "relu")]
     assert math.isnan(relu["FVU_O"]) and relu["dead %"] == 12.5 and relu["claims"] == "1/2"
     assert frame.loc[("dinov2-b", "topk")]["claims"] == "2/2"
-    assert frame.loc[("dinov2-b", "matryoshka")]["EMD out (s=1)"] == 6.5
+    # the backbone-level record has no row of its own; its columns appear on every SAE row of that backbone
+    assert all(frame.loc[("dinov2-b", sae)]["EMD out (s=1)"] == 6.5 for sae in ("topk", "relu", "matryoshka"))
+    assert math.isnan(clip["EMD out (s=1)"]) and "" not in set(frame.reset_index()["SAE"])
 
 
 def test_text_and_markdown_rendering(results: Path) -> None:

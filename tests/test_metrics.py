@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scopebench.metrics import FVU_DEFINITION, reconstruction_metrics
+from scopebench.analyses.reconstruction.metrics import FVU_DEFINITION, metrics_of_arrays, reconstruction_metrics
 from scopebench.sae.base import SparseAutoencoder
 
 
@@ -77,6 +77,16 @@ def test_metrics_match_direct_computation_for_all_and_outliers():
     assert m.dead_fraction == pytest.approx((everything["rate"] == 0).mean())
     assert m.dense_fraction == pytest.approx((everything["rate"] > 0.10).mean())
     assert m.definition == FVU_DEFINITION and "mu_T" in m.definition
+
+
+def test_metrics_of_plain_arrays_equal_the_sae_path():
+    """Any SAE, run by anyone: tokens, reconstructions and codes give the same numbers without an SAE object."""
+    x, mask = _data()
+    sae = _random_sae()
+    codes = sae.encode(x)
+    assert metrics_of_arrays(x, sae.decode(codes), codes, mask) == reconstruction_metrics(sae, [(x, mask)])
+    with pytest.raises(ValueError, match=r"need x and xhat \[n, d_in\] and codes \[n, d_sae\]"):
+        metrics_of_arrays(x, x[:3], codes, mask)
 
 
 U32, U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 / float64

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from scopebench.outliers import auto_tau, outlier_mask, resolve_tau, token_norms
-from scopebench.valley import UnimodalError, histogram_valley
+from scopebench.analyses.outliers import auto_tau, outlier_mask, resolve_tau, token_norms
+from scopebench.analyses.valley import UnimodalError, histogram_valley
 
 
 def bimodal_norms(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ from scopebench.backbones.base import Backbone
 from scopebench.backbones.planted import PlantedBackbone
 from scopebench.backbones.registry import get_spec
 from scopebench.data.scenes import SyntheticScenes
-from scopebench.outliers import auto_tau
-from scopebench.scc import scc
+from scopebench.analyses.outliers import auto_tau
+from scopebench.pipeline.scc import scc
 
 SPEC = get_spec("planted")
 P, SIDE = SPEC.patch_size, SPEC.grid_side

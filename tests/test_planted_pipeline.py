@@ -1,6 +1,6 @@
 """The whole pipeline against the planted backbone's ground truth (issues "scope analysis", "removal probes").
 
-One module-scoped :class:`~scopebench.workbench.Workbench` runs every stage once, at a
+One module-scoped :class:`~scopebench.suite.workbench.Workbench` runs every stage once, at a
 scale smaller than the embedded default: token extraction, the paper's BatchTopK SAE, CDS,
 the partition, awCDS, attention EMD and the segmentation removal probe.  Each test then
 compares one analysis with what the planted backbone put into its tokens: which positions
@@ -19,11 +19,11 @@ import torch
 from scipy.stats import rankdata
 
 from scopebench.backbones.planted import PlantedBackbone
-from scopebench.benchconfig import PLANTED_SCALE
-from scopebench.cache import ActivationStore
+from scopebench.suite.scales import PLANTED_SCALE
+from scopebench.pipeline.cache import ActivationStore
 from scopebench.probes.config import DepthConfig, SegmentationConfig
-from scopebench.scc import square_resize
-from scopebench.workbench import Workbench
+from scopebench.pipeline.scc import square_resize
+from scopebench.suite.workbench import Workbench
 
 BACKBONE = "planted"
 SAE = "batchtopk"
@@ -32,14 +32,16 @@ SAE = "batchtopk"
 # with 300k training tokens from 400 images the TopK SAE's CDS-vs-truth AUROC fell to 0.77.
 # The dense probes use one trial at a fixed learning rate: a single random-search draw of
 # the learning rate made mIoU swing by tens of points between seeds.
-PIPELINE_SCALE = PLANTED_SCALE.model_copy(update={
+PIPELINE_SCALE = PLANTED_SCALE.updated({
     "train_images": 600,
     "sae_overrides": {"expansion_factor": 8, "n_tokens": 600_000, "batch_size": 1024, "lr": 3e-3},
-    "eval_images": 128, "scc_images": 96, "attention_images": 8,
-    "probe_train_images": 160, "probe_val_images": 48, "probe_test_images": 96,
-    "dense_target_size": 28,
-    "segmentation": SegmentationConfig(epochs=6, trials=1, batch_size=32, lr_range=(1e-2, 1e-2), ignore_index=-1),
-    "depth": DepthConfig(epochs=20, trials=1, batch_size=32, lr_range=(0.3, 0.3), min_depth=0.5, max_depth=12.0),
+    "reconstruction": {"images": 128}, "cds": {"images": 96}, "attention_emd": {"images": 8},
+    "removal_probes": {
+        "train_images": 160, "val_images": 48, "test_images": 96, "dense_target_size": 28,
+        "segmentation": SegmentationConfig(epochs=6, trials=1, batch_size=32, lr_range=(1e-2, 1e-2),
+                                           ignore_index=-1).model_dump(),
+        "depth": DepthConfig(epochs=20, trials=1, batch_size=32, lr_range=(0.3, 0.3), min_depth=0.5,
+                             max_depth=12.0).model_dump()},
 })
 
 
@@ -82,7 +84,7 @@ def planted_scope(planted_workbench: Workbench, outlier_share: np.ndarray) -> tu
 
     Features with 20-80% of their mass on outliers have no clear scope and are left out.
     """
-    cds = planted_workbench.cds(BACKBONE, SAE).cds
+    cds = planted_workbench.run("cds", BACKBONE, SAE).details[0].cds
     clear = np.flatnonzero(np.isfinite(cds) & ((outlier_share < 0.2) | (outlier_share > 0.8)))
     return clear, outlier_share[clear] > 0.8
 
@@ -105,7 +107,7 @@ def test_auroc_helper_matches_pairwise_count() -> None:
 def test_cds_separates_global_from_local_features(planted_workbench: Workbench,
                                                   planted_scope: tuple[np.ndarray, np.ndarray]) -> None:
     features, is_global = planted_scope
-    cds = planted_workbench.cds(BACKBONE, SAE).cds[features]
+    cds = planted_workbench.run("cds", BACKBONE, SAE).details[0].cds[features]
     assert is_global.sum() >= 5, f"only {is_global.sum()} scored features fire mostly on the planted outliers"
     assert (~is_global).sum() >= 100
     area = auroc(cds, is_global)
@@ -114,8 +116,8 @@ def test_cds_separates_global_from_local_features(planted_workbench: Workbench,
 
 def test_partition_puts_global_features_in_high_group(planted_workbench: Workbench,
                                                       planted_scope: tuple[np.ndarray, np.ndarray]) -> None:
-    groups = planted_workbench.partition(BACKBONE, SAE)
-    cds = planted_workbench.cds(BACKBONE, SAE).cds
+    scores, groups = planted_workbench.run("cds", BACKBONE, SAE).details
+    cds = scores.cds
     features, is_global = planted_scope
     in_high = np.isin(features, groups.high)
     assert np.array_equal(in_high, cds[features] > groups.gamma)
@@ -136,7 +138,7 @@ def test_tau_separates_exactly_the_planted_outliers(planted_workbench: Workbench
 
 
 def test_awcds_rises_in_the_top_norm_bins(planted_workbench: Workbench) -> None:
-    table = planted_workbench.awcds_table(BACKBONE, SAE)
+    table = planted_workbench.run("awcds", BACKBONE, SAE).details
     bins = table[~table["is_top"]]
     median = float(bins.loc[(bins["pct_lo"] <= 50) & (bins["pct_hi"] > 50), "mean_awcds"].iloc[0])
     top_percent = float(table.loc[table["is_top"], "mean_awcds"].iloc[0])
@@ -146,9 +148,9 @@ def test_awcds_rises_in_the_top_norm_bins(planted_workbench: Workbench) -> None:
     assert last_bin > 2 * median, table.to_string()  # the last 5% bin is half planted outliers
 
 
-@pytest.mark.parametrize("shift", PIPELINE_SCALE.shifts)
+@pytest.mark.parametrize("shift", PIPELINE_SCALE.attention_emd.shifts)
 def test_outlier_attention_moves_more_under_shift(planted_workbench: Workbench, shift: int) -> None:
-    result = planted_workbench.attention_emd(BACKBONE, shift)
+    result = planted_workbench.run("attention_emd", BACKBONE, shifts=(shift,)).per_shift[shift]
     assert result.n_outlier > 0 and result.n_non_outlier > 0
     assert result.outlier > 5 * result.non_outlier, result
 
@@ -160,7 +162,7 @@ DENSE_REMOVAL = {"seg": ("seg_miou", True, 20.0), "depth": ("depth_rmse", False,
 @pytest.mark.parametrize("sae_name", ["batchtopk", "topk"])
 @pytest.mark.parametrize("task", list(DENSE_REMOVAL))
 def test_removing_low_cds_group_hurts_dense_tasks_most(planted_workbench: Workbench, task: str, sae_name: str) -> None:
-    metrics = planted_workbench.probes(BACKBONE, sae_name, task)
+    metrics = planted_workbench.run("removal_probes", BACKBONE, sae_name, tasks=(task,)).quantities()
     name, higher_is_better, least_low_harm = DENSE_REMOVAL[task]
     sign = 1.0 if higher_is_better else -1.0  # harm > 0: the removal made the probe worse
     low_harm, high_harm = (sign * (metrics[f"{name}_original"] - metrics[f"{name}_{group}_removed"])

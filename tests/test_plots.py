@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scopebench.awcds import awcds_by_norm_percentile
-from scopebench.plots import (plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histogram, plot_feature_maps,
+from scopebench.analyses.awcds.tokens import awcds_by_norm_percentile
+from scopebench.results.plots import (plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histogram, plot_feature_maps,
                               plot_removal_scaling)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,22 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scopebench.probes import (
-    ClassificationConfig,
-    ClassificationSplit,
-    DepthConfig,
-    DepthSplit,
-    SegmentationConfig,
-    SegmentationSplit,
-    train_classification_probe,
-    train_depth_probe,
-    train_segmentation_probe,
-)
-from scopebench.probes.depth import DepthTask, concat_global
+from scopebench.probes.classification import ClassificationSplit, train_classification_probe
+from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
+from scopebench.probes.depth import DepthSplit, DepthTask, concat_global, train_depth_probe
+from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
 from scopebench.probes.metrics import miou as miou_metric
 from scopebench.probes.metrics import rmse as rmse_metric
 from scopebench.probes.trainer import sample_hyperparameters
-from scopebench.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
+from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
 
 N_CLASSES = 3
 GRID = 4  # patch grid side

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from scopebench.removal import group_indices, mean_tokens_and_codes, remove_group, remove_group_pooled
+from scopebench.analyses.removal_probes.removal import group_indices, mean_tokens_and_codes, remove_group, remove_group_pooled
 from scopebench.sae.base import SparseAutoencoder
 
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from scopebench.cache import ActivationStore
+from scopebench.pipeline.cache import ActivationStore
 from scopebench.data.base import Sample
-from scopebench.partition import Partition
+from scopebench.analyses.cds.partition import Partition
 from scopebench.probes.config import ClassificationConfig, SegmentationConfig
-from scopebench.removal import remove_group
-from scopebench.removal_probes import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, _targets, \
+from scopebench.analyses.removal_probes.removal import remove_group
+from scopebench.analyses.removal_probes.probing import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, _targets, \
     classification_metrics, dense_metrics
-from scopebench.workbench import Unavailable, Workbench
+from scopebench.suite.workbench import Unavailable, Workbench
 from tiny_sae import ReluSAE
 
 D, SIDE, N_CLASSES = 6, 2, 3
@@ -102,10 +102,15 @@ def test_segmentation_reads_the_propagated_tokens(sae, splits, groups) -> None:
 
 
 def test_workbench_skips_propagation_for_a_backbone_without_later_blocks(tmp_path) -> None:
+    from scopebench.analyses.removal_probes.compute import _propagation
+
     workbench = Workbench(ActivationStore(tmp_path), device="cpu", progress=False, propagate=True)
+    config = workbench.config("removal_probes", "planted")
+    assert config.propagate  # the session option is part of the config recorded beside the numbers
     with pytest.raises(Unavailable, match="no blocks after its SAE layer"):
-        workbench._propagation("planted")
-    assert Workbench(ActivationStore(tmp_path), device="cpu", progress=False)._propagation("planted") is None
+        _propagation(workbench, "planted", config)
+    plain = Workbench(ActivationStore(tmp_path), device="cpu", progress=False)
+    assert _propagation(plain, "planted", plain.config("removal_probes", "planted")) is None
 
 
 def test_dense_targets_keep_labels_and_depths_beyond_pixel_range() -> None:

@@ -8,32 +8,45 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-FAKE_BENCH = '''
+HELPER = '''
 import math
+
 import pytest
+
+from scopebench.analyses import AttentionEMDOutput, ReconstructionOutput
+from scopebench.analyses.attention_emd.output import ShiftEMD
+from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, DatasetInfo, SAEInfo, output_json
 
 SAE = "topk"
 
+
+def result(analysis, backbone, output, sae=SAE):
+    """What Workbench.result returns, built by hand."""
+    sae_info = None if sae is None else SAEInfo(name=sae, config={"k": 8}, checkpoint_sha256="feed")
+    record = AnalysisRecord(config={"images": 4}, output=output_json(output),
+                            dataset=DatasetInfo(name="scenes", identity="scenes:seed=3", n_images=4, n_tokens=64))
+    return AnalysisResult(analysis=analysis, backbone=BackboneInfo(name=backbone), sae=sae_info, record=record,
+                          output=output, device="cpu")
+
+
+def recon(backbone, sae=SAE, **values):
+    return result("reconstruction", backbone, ReconstructionOutput(**values), sae)
+'''
+
+FAKE_BENCH = HELPER + '''
+
 def test_table6(claim_report):
-    claim_report.measure(backbone="dinov2-b", sae=SAE, table="table6",
-                         values={"fvu_a": 0.05, "fvu_o": 0.002, "l0_o": math.nan},
-                         dataset={"name": "scenes", "identity": "seed=3", "n_images": 4, "n_tokens": 64},
-                         definitions={"tau": 100.0}, sae_config={"k": 8}, sae_checkpoint_sha256="feed")
-    verdict = claim_report.check("table6.outliers-reconstructed-better", backbone="dinov2-b", sae=SAE,
-                                 measured={"fvu_o": 0.002, "fvu_a": 0.05})
-    assert verdict.passed
+    verdicts = claim_report.record(recon("dinov2-b", fvu_a=0.05, fvu_o=0.002, l0_o=math.nan, tau=100.0))
+    claim_report.assert_held(*verdicts)
 
 def test_table7_fails(claim_report):
-    verdict = claim_report.check("table7.outlier-attention-unstable", backbone="dinov2-b", sae=SAE,
-                                 measured={"attn_emd_out[s=1]": 0.4, "attn_emd_non[s=1]": 0.6})
-    assert verdict.passed, verdict.detail
+    emd = AttentionEMDOutput(per_shift={1: ShiftEMD(outlier=0.4, non_outlier=0.6, n_outlier=3, n_non_outlier=9)},
+                             tau=100.0)
+    claim_report.assert_held(*claim_report.record(result("attention_emd", "dinov2-b", emd, sae=None)))
 
 def test_two_claims_one_fails(claim_report):
-    held = claim_report.check("table6.outliers-reconstructed-better", backbone="siglip2-b", sae=SAE,
-                              measured={"fvu_o": 0.001, "fvu_a": 0.05})
-    broken = claim_report.check("table6.outliers-cosine-higher", backbone="siglip2-b", sae=SAE,
-                                measured={"cs_o": 0.5, "cs_a": 0.9})
-    assert held.passed and broken.passed, broken.detail
+    verdicts = claim_report.record(recon("siglip2-b", fvu_o=0.001, fvu_a=0.05, cs_o=0.5, cs_a=0.9))
+    claim_report.assert_held(*verdicts)
 
 def test_crashes_before_recording(claim_report):
     raise RuntimeError("backbone exploded")
@@ -68,12 +81,12 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
     passing = _row(table, "test_table6")
     assert "table6.outliers-reconstructed-better" in passing and passing.endswith("PASS")
     assert "fvu_o=0.002" in passing and "fvu_o=0.001 fvu_a=0.039" in passing  # paper: Table 6, DINOv2-B
-    measured = next(line for line in table if "table6 (measured)" in line)
+    measured = next(line for line in table if "reconstruction (measured)" in line)
     assert "l0_o=nan" in measured and "l0_o=7.298" in measured and measured.endswith("measured")
     failing = _row(table, "test_table7_fails")
     assert failing.endswith("FAIL") and "attn_emd_out[s=1]=6.96" in failing
     assert _row(table, "test_crashes_before_recording").endswith("FAIL")
-    sibling_rows = [line for line in table if line.startswith("test_two_claims_one_fails ")]
+    sibling_rows = [line for line in table if line.startswith("test_two_claims_one_fails ") and "(measured)" not in line]
     assert [line.split()[1] for line in sibling_rows] == ["table6.outliers-reconstructed-better",
                                                           "table6.outliers-cosine-higher"]
     assert [line.split()[-1] for line in sibling_rows] == ["PASS", "FAIL"]
@@ -83,19 +96,25 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
 
     path = pytester.path / "leaderboard" / "results" / "dinov2-b__topk.json"
     data = json.loads(path.read_text())
-    assert data["measurements"]["table6"] == {"fvu_a": 0.05, "fvu_o": 0.002, "l0_o": None}
-    assert data["measurements"]["table7"] == {"attn_emd_out[s=1]": 0.4, "attn_emd_non[s=1]": 0.6}
+    recon = data["analyses"]["reconstruction"]
+    assert (recon["output"]["fvu_a"], recon["output"]["fvu_o"], recon["output"]["l0_o"]) == (0.05, 0.002, None)
+    assert recon["config"] == {"images": 4} and recon["dataset"]["n_tokens"] == 64 and recon["output"]["tau"] == 100.0
     assert data["claims"]["table6.outliers-reconstructed-better"]["passed"] is True
-    assert data["claims"]["table7.outlier-attention-unstable"]["passed"] is False
-    assert data["claims"]["table7.outlier-attention-unstable"]["paper"] == {"attn_emd_non[s=1]": 0.61,
-                                                                             "attn_emd_out[s=1]": 6.96}
     assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed"}
-    assert data["datasets"]["table6"]["n_tokens"] == 64 and data["definitions"]["tau"] == 100.0
-    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [path.name, "siglip2-b__topk.json"]
+    backbone = json.loads((path.parent / "dinov2-b.json").read_text())  # attention EMD needs no SAE
+    assert backbone["sae"] is None and set(backbone["analyses"]) == {"attention_emd"}
+    assert backbone["analyses"]["attention_emd"]["output"]["per_shift"]["1"]["outlier"] == 0.4
+    assert backbone["claims"]["table7.outlier-attention-unstable"]["passed"] is False
+    assert backbone["claims"]["table7.outlier-attention-unstable"]["paper"] == {"attn_emd_non[s=1]": 0.61,
+                                                                                 "attn_emd_out[s=1]": 6.96}
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [
+        "dinov2-b.json", path.name, "siglip2-b__topk.json"]
 
     board = lines[next(i for i, line in enumerate(lines) if "scopebench leaderboard" in line):]
     board_row = next(line for line in board if line.startswith("dinov2-b"))
-    assert board_row.split()[:4] == ["dinov2-b", "topk", "0.05", "0.002"] and "1/2" in board_row
+    assert board_row.split()[:4] == ["dinov2-b", "topk", "0.05", "0.002"] and "1/1" in board_row
+    assert "0.4" in board_row.split() and "0.6" in board_row.split()  # the backbone's EMD columns on its SAE row
+    assert not any(line.startswith("dinov2-b ") and " - " in line for line in board)  # no fake SAE row
 
 
 def test_later_run_merges_into_existing_file(pytester: pytest.Pytester) -> None:
@@ -104,17 +123,21 @@ def test_later_run_merges_into_existing_file(pytester: pytest.Pytester) -> None:
     path = pytester.path / "leaderboard" / "results" / "dinov2-b__topk.json"
     pytester.makepyfile(test_fake_bench=FAKE_BENCH.replace("0.05", "0.07"))
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "table6")
-    data = json.loads(path.read_text())
-    assert data["measurements"]["table6"]["fvu_a"] == 0.07
-    assert data["measurements"]["table7"] == {"attn_emd_out[s=1]": 0.4, "attn_emd_non[s=1]": 0.6}
-    assert set(data["claims"]) == {"table6.outliers-reconstructed-better", "table7.outlier-attention-unstable"}
+    pytester.makepyfile(test_fake_bench=FAKE_BENCH.replace("fvu_a=0.05, fvu_o=0.002, l0_o=math.nan",
+                                                           "fvu_a=0.07, cs_a=0.9, cs_o=0.95"))
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "table6")
+    output = json.loads(path.read_text())["analyses"]["reconstruction"]["output"]
+    assert (output["fvu_a"], output["fvu_o"], output["cs_o"]) == (0.07, 0.002, 0.95)  # same config: merged
+    assert set(json.loads(path.read_text())["claims"]) == {"table6.outliers-reconstructed-better",
+                                                           "table6.outliers-cosine-higher"}
 
 
 def test_results_dir_and_no_results_options(pytester: pytest.Pytester, tmp_path: Path) -> None:
     _setup(pytester)
     target = tmp_path / "elsewhere"
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "--results-dir", str(target))
-    assert sorted(p.name for p in target.glob("*.json")) == ["dinov2-b__topk.json", "siglip2-b__topk.json"]
+    assert sorted(p.name for p in target.glob("*.json")) == ["dinov2-b.json", "dinov2-b__topk.json",
+                                                             "siglip2-b__topk.json"]
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-results")
     assert any("scopebench claims" in line for line in result.outlines)
     assert not (pytester.path / "leaderboard").exists()
@@ -165,42 +188,32 @@ def test_xdist_run_reports_claims_and_leaderboard_once(pytester: pytest.Pytester
     assert sum("scopebench claims" in line for line in result.outlines) == 1
     assert sum("scopebench leaderboard" in line for line in result.outlines) == 1
     table = result.outlines[next(i for i, line in enumerate(result.outlines) if "scopebench claims" in line):]
-    assert sum(line.startswith("test_two_claims_one_fails") for line in table) == 2
+    assert sum(line.startswith("test_two_claims_one_fails") for line in table) == 3  # measured + two claims
     assert any(line.startswith("test_no_weights") and line.endswith("SKIP") for line in table)
-    data = json.loads((pytester.path / "leaderboard" / "results" / "dinov2-b__topk.json").read_text())
-    assert set(data["measurements"]) == {"table6", "table7"}
+    results = pytester.path / "leaderboard" / "results"
+    assert set(json.loads((results / "dinov2-b__topk.json").read_text())["analyses"]) == {"reconstruction"}
+    assert set(json.loads((results / "dinov2-b.json").read_text())["analyses"]) == {"attention_emd"}
 
 
 def test_bad_calls_fail_the_case_with_a_clear_message(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile('''
-def test_wrong_backbone(claim_report):
-    claim_report.check("table9.outlier-attention-unstable-every-shift", backbone="dinov2-b", sae="x",
-                       measured={"attn_emd_out[s=1]": 1.0, "attn_emd_non[s=1]": 0.5})
+    pytester.makepyfile(HELPER + '''
+def test_sae_name_outside_the_rule(claim_report):
+    claim_report.record(recon("planted", sae="my sae", fvu_a=0.1))
 
-def test_unknown_definition(claim_report):
-    claim_report.measure(backbone="planted", sae="x", table="table6", values={"fvu_a": 0.1},
-                         definitions={"fvu": "per token"})
-
-def test_unserialisable_config(claim_report):
-    claim_report.measure(backbone="planted", sae="x", table="table6", values={"fvu_a": 0.1},
-                         sae_config={"act": object()})
+def test_backbone_name_outside_the_rule(claim_report):
+    claim_report.record(recon("../up", fvu_a=0.1))
 ''')
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(failed=3)
-    result.stdout.fnmatch_lines(["*does not apply to backbone 'dinov2-b'; it covers clip-l14-336, planted*"])
-    result.stdout.fnmatch_lines(["*measure(definitions=...) is invalid (fvu: Extra inputs are not permitted)*"
-                                 "allowed keys: fvu_normalisation, cds_k, cds_shift*"])
-    result.stdout.fnmatch_lines(["*sae_config=...) must be JSON-serialisable*"])
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*SAE name 'my sae': the name contains ' '; names must be*"])
+    result.stdout.fnmatch_lines(["*backbone name '../up': the name contains '/'*"])
     assert not (pytester.path / "leaderboard").exists()  # nothing was recorded, so nothing is written
 
 
-EXEMPT_BENCH = '''
+EXEMPT_BENCH = HELPER + '''
 def _table6(claim_report, sae, fvu_o, cs_o):
-    fvu = claim_report.check("table6.outliers-reconstructed-better", backbone="planted", sae=sae,
-                             measured={"fvu_o": fvu_o, "fvu_a": 0.001})
-    cos = claim_report.check("table6.outliers-cosine-higher", backbone="planted", sae=sae,
-                             measured={"cs_o": cs_o, "cs_a": 0.98})
-    claim_report.assert_held(fvu, cos)
+    claim_report.assert_held(*claim_report.record(recon("planted", sae, fvu_o=fvu_o, fvu_a=0.001, cs_o=cs_o,
+                                                        cs_a=0.98)))
 
 def test_exempt_failure(claim_report):
     _table6(claim_report, "topk", fvu_o=0.003, cs_o=0.99)
@@ -217,7 +230,7 @@ def test_same_failure_on_the_papers_sae(claim_report):
 
 
 def test_exempt_sae_failure_is_an_expected_failure_and_only_that(pytester: pytest.Pytester) -> None:
-    from scopebench.claims import get_claim
+    from scopebench.claims.registry import get_claim
 
     assert "topk" in get_claim("table6.outliers-reconstructed-better").exempt_saes
     assert not get_claim("table6.outliers-cosine-higher").exempt_saes
@@ -227,7 +240,7 @@ def test_exempt_sae_failure_is_an_expected_failure_and_only_that(pytester: pytes
     assert result.ret == 0  # an exempted failure alone does not fail the run
     table = result.outlines[next(i for i, line in enumerate(result.outlines) if "scopebench claims" in line) + 1:]
     rows = [line for line in table if line.startswith("test_exempt_failure ")]
-    assert [line.split()[-1] for line in rows] == ["XFAIL", "PASS"]
+    assert [line.split()[-1] for line in rows] == ["measured", "XFAIL", "PASS"]
     result.stdout.fnmatch_lines(["XFAIL *test_exempt_failure*fvu_o=0.003*not expected of topk: TopK gives every token*"])
     stored = json.loads((pytester.path / "leaderboard" / "results" / "planted__topk.json").read_text())["claims"]
     assert stored["table6.outliers-reconstructed-better"]["passed"] is False

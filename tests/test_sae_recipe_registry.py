@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import Field, TypeAdapter
 
-from scopebench.cli import main
+from scopebench.cli.main import main
 from scopebench.sae import build_sae, load_sae, save_sae, train_sae
 from scopebench.sae.arch import ARCHITECTURES, ArchitectureConfig, CheckpointConfig, SAERecipeBase, recipe_union, register
 from scopebench.sae.arch.relu import ReLUConfig

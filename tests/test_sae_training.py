@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from scopebench.sae import load_recipe, load_sae, train_sae
-from scopebench.sae import sampling as sampling_module
+from scopebench.sae import token_sampling as sampling_module
 from scopebench.sae.arch import SAERecipeBase
 from scopebench.sae.arch.topk import TopKRecipe
-from scopebench.sae.sampling import PatchTokenSampler
+from scopebench.sae.token_sampling import PatchTokenSampler
 
 N_IMAGES, N_PATCHES, D_IN, N_ATOMS = 400, 16, 32, 40
 

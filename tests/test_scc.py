@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from scopebench.scc import overlap_index, scc, square_resize, square_resize_map
+from scopebench.pipeline.scc import overlap_index, scc, square_resize, square_resize_map
 
 
 def _patches(view: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The valley threshold's bimodality test (scopebench.valley) and auto_gamma on unimodal / bimodal CDS."""
+"""The valley threshold's bimodality test (scopebench.analyses.valley) and auto_gamma on unimodal / bimodal CDS."""
 from __future__ import annotations
 
 from itertools import combinations
@@ -8,8 +8,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import binom
 
-from scopebench.partition import auto_gamma
-from scopebench.valley import UnimodalError, _log_binomial_tail, histogram_valley, valley_test
+from scopebench.analyses.cds.partition import auto_gamma
+from scopebench.analyses.valley import UnimodalError, _log_binomial_tail, histogram_valley, valley_test
 
 SEEDS = range(50)
 

@@ -1,4 +1,4 @@
-"""Speed of scopebench.attention.AttentionEMDAccumulator (exact) against a plain ot.emd2 loop.
+"""Speed of scopebench.analyses.attention_emd.accumulator.AttentionEMDAccumulator (exact) against a plain ot.emd2 loop.
 
 Run: ``pytest bench/perf/test_attention_perf.py --benchmark-enable``.  Workload: SCC (s=1)
 views of 3 synthetic scenes through the planted backbone with attention; every head (4) and
@@ -20,9 +20,9 @@ import ot
 import pytest
 import torch
 
-from scopebench.attention import AttentionEMDAccumulator
+from scopebench.analyses.attention_emd.accumulator import AttentionEMDAccumulator
 from scopebench.data.scenes import SyntheticScenes
-from scopebench.scc import OverlapIndex, scc
+from scopebench.pipeline.scc import OverlapIndex, scc
 
 N_IMAGES, SHIFT = 3, 1
 MAX_ABS_DIFF = 1e-6

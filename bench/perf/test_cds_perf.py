@@ -1,4 +1,4 @@
-"""Speed of scopebench.cds.compute_cds against a naive per-feature, per-image ot.emd2 loop.
+"""Speed of scopebench.analyses.cds.scores.compute_cds against a naive per-feature, per-image ot.emd2 loop.
 
 Run: ``pytest bench/perf/test_cds_perf.py --benchmark-enable``.  The workload is planted-like:
 SCC (s=1) tokens of 64 synthetic scenes through the planted backbone, read back from the
@@ -23,13 +23,13 @@ import ot
 import pytest
 import torch
 
-from scopebench.cache import ActivationStore
-from scopebench.cds import compute_cds
-from scopebench.codes import TokenArray
+from scopebench.pipeline.cache import ActivationStore
+from scopebench.analyses.cds.scores import compute_cds
+from scopebench.sae.codes import TokenArray
 from scopebench.data.scenes import SyntheticScenes
-from scopebench.extract import extract_scc_tokens
+from scopebench.pipeline.extract import extract_scc_tokens
 from scopebench.sae import BatchTopKSAE, build_sae
-from scopebench.scc import OverlapIndex
+from scopebench.pipeline.scc import OverlapIndex
 
 N_IMAGES, SHIFT, K = 64, 1, 8
 D_SAE, TARGET_L0 = 2048, 16

@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from scopebench.backbones import Backbone, LayerOutput
-from scopebench.cache import ActivationStore
+from scopebench.pipeline.cache import ActivationStore
 from scopebench.data.scenes import SyntheticScenes
-from scopebench.extract import Activations, extract_tokens
-from scopebench.scc import square_resize
+from scopebench.pipeline.extract import Activations, extract_tokens
+from scopebench.pipeline.scc import square_resize
 
 N_IMAGES, BATCH = 64, 32
 COLD_ROUNDS, WARM_ROUNDS, PLAIN_ROUNDS = 3, 5, 3

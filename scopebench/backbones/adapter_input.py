@@ -12,7 +12,7 @@ def normalise_pixels(pixels: torch.Tensor, preprocess: Preprocess, device: torch
     size = preprocess.image_size
     if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (size, size):
         raise ValueError(f"expected pixels of shape [B, 3, {size}, {size}], got {list(pixels.shape)}; "
-                         f"resize with scopebench.scc.square_resize(images, {size}) first")
+                         f"resize with scopebench.pipeline.scc.square_resize(images, {size}) first")
     if not pixels.is_floating_point():
         raise ValueError(f"expected float pixels in [0, 1], got dtype {pixels.dtype}; divide uint8 images by 255")
     mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)

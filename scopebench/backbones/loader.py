@@ -1,7 +1,7 @@
 """``load_backbone``: registry name -> ready adapter (real weights, random init, or planted)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,7 @@ import torch
 
 from scopebench.backbones.base import Backbone
 from scopebench.backbones.registry import get_spec
+from scopebench.backbones.sources import get_source
 from scopebench.backbones.spec import BackboneSpec
 from scopebench.backbones.weights import read_state_dict, resolve_weights, weights_id
 
@@ -44,55 +45,39 @@ def load_backbone(
     ``"random-init:<seed>:geometry=<hash>"``); ``overrides`` shrink the geometry for tests.
     """
     spec = apply_overrides(get_spec(name), overrides)
-    if spec.source == "planted":
-        from scopebench.backbones.planted import PlantedBackbone
-
-        if weights is not None or (weights_map and name in weights_map):
-            raise ValueError("the planted backbone is built from its seed and takes no weight file")
-        return PlantedBackbone(spec, seed=seed)
-    if random_init and (weights is not None or (weights_map and name in weights_map)):
+    source = get_source(spec.source)
+    given = weights is not None or bool(weights_map and name in weights_map)
+    if not source.takes_weights:
+        if given:
+            raise ValueError(f"the {spec.source} backbone {name!r} is built from its seed and takes no weight file")
+        return source.load(spec, None, seed, device)
+    if random_init and given:
         raise ValueError("random_init=True conflicts with weights=/weights_map=; pass one or the other")
-
     path = None if random_init else resolve_weights(spec, weights=weights, weights_map=weights_map)
+    return source.load(spec, path, seed, device)
+
+
+def instantiate(spec: BackboneSpec, path: Path | None, seed: int, device: str,
+                create: Callable[[BackboneSpec], torch.nn.Module],
+                load_weights: Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], None]
+                ) -> tuple[torch.nn.Module, str]:
+    """A source's model, seeded random init (``path`` None) or from a weights file, with its ``weights_id``.
+
+    The shared part of the timm and open_clip sources: a file's tensors are assigned to a
+    model built on the meta device (no wasted init), and a file that leaves any tensor unset
+    is refused.
+    """
     if path is None:
         with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
             torch.manual_seed(seed)
-            model = _create(spec)
+            model = create(spec)
         identity = f"random-init:{seed}:geometry={spec.geometry_id}"
     else:
-        with torch.device("meta"):  # no wasted random init: the file's tensors are assigned in place
-            model = _create(spec)
-        _load_weights(spec, model, read_state_dict(path))
+        with torch.device("meta"):
+            model = create(spec)
+        load_weights(model, read_state_dict(path))
         unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if unset:
             raise ValueError(f"weights {path} leave {unset[:5]} of {spec.name!r} unset; is the file complete?")
         identity = weights_id(path)
-    model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
-    if spec.source == "timm":
-        from scopebench.backbones.timm_adapter import TimmBackbone
-
-        return TimmBackbone(spec, model, identity)
-    from scopebench.backbones.openclip_adapter import OpenClipBackbone
-
-    return OpenClipBackbone(spec, model, identity)
-
-
-def _create(spec: BackboneSpec) -> torch.nn.Module:
-    if spec.source == "timm":
-        from scopebench.backbones.timm_adapter import create_timm_model
-
-        return create_timm_model(spec)
-    from scopebench.backbones.openclip_adapter import create_openclip_visual
-
-    return create_openclip_visual(spec)
-
-
-def _load_weights(spec: BackboneSpec, model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    if spec.source == "timm":
-        from scopebench.backbones.timm_adapter import load_timm_weights
-
-        load_timm_weights(model, state_dict)
-    else:
-        from scopebench.backbones.openclip_adapter import load_openclip_weights
-
-        load_openclip_weights(model, state_dict)
+    return model.to(device=device, dtype=torch.float32).eval().requires_grad_(False), identity

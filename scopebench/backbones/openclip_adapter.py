@@ -8,6 +8,8 @@ probabilities are recomputed in a forward pre-hook from its input and ``in_proj`
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import copy
 from collections.abc import Mapping
 from typing import Any
@@ -152,3 +154,11 @@ class OpenClipBackbone:
                 x = x.transpose(0, 1)
             x = self.visual.ln_post(x)
         return x[:, 1:]
+
+
+def load_openclip_backbone(spec: BackboneSpec, path: Path | None, seed: int, device: str) -> OpenClipBackbone:
+    """The ``open_clip`` source's loader (scopebench.backbones.sources)."""
+    from scopebench.backbones.loader import instantiate
+
+    visual, identity = instantiate(spec, path, seed, device, create_openclip_visual, load_openclip_weights)
+    return OpenClipBackbone(spec, visual, identity)

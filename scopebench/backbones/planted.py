@@ -31,6 +31,8 @@ look at all patches, mostly at the outliers.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from dataclasses import dataclass
 
@@ -156,7 +158,7 @@ class PlantedBackbone:
         size = self.spec.image_size
         if pixels.dim() != 4 or pixels.shape[1] != 3 or pixels.shape[2:] != (size, size):
             raise ValueError(f"planted backbone expects pixels [B, 3, {size}, {size}] in [0, 1], got "
-                             f"{tuple(pixels.shape)}; resize with scopebench.scc.square_resize first")
+                             f"{tuple(pixels.shape)}; resize with scopebench.pipeline.scc.square_resize first")
         if not pixels.is_floating_point():
             raise ValueError(f"pixels must be float in [0, 1], got dtype {pixels.dtype}")
 
@@ -297,3 +299,8 @@ class PlantedBackbone:
         if attention:
             attn = self._attention(truth.local_part.cpu(), truth.outlier_mask.cpu()).to(pixels.device)
         return LayerOutput(tokens=tokens, prefix=prefix, grid=self.grid, attention=attn)
+
+
+def load_planted_backbone(spec: BackboneSpec, path: Path | None, seed: int, device: str) -> PlantedBackbone:
+    """The ``planted`` source's loader: built from its seed (``path`` is always None)."""
+    return PlantedBackbone(spec, seed=seed)

@@ -7,16 +7,17 @@ for CLIP gamma, "model config" for geometry read from timm/open_clip configs, an
 from __future__ import annotations
 
 from scopebench.backbones.spec import BackboneSpec
+from scopebench.paper import paper_gamma
 
 _GEOM = {"image_size": "model config", "patch_size": "model config", "n_prefix": "model config",
          "depth": "model config", "embed_dim": "model config", "n_heads": "model config"}
 
 
-def _clip(name, size, arch, hf, image, patch, depth, dim, heads, gamma):
+def _clip(name, size, arch, hf, image, patch, depth, dim, heads):
     return BackboneSpec(
         name=name, family="clip", size=size, source="open_clip", model_id=arch, pretrained_tag="openai",
         hf_hub_id=hf, weights_filename="open_clip_pytorch_model.bin", image_size=image, patch_size=patch,
-        n_prefix=1, depth=depth, embed_dim=dim, n_heads=heads, layer=depth - 2, tau="auto", gamma=gamma,
+        n_prefix=1, depth=depth, embed_dim=dim, n_heads=heads, layer=depth - 2, tau="auto", gamma=paper_gamma(name),
         provenance={**_GEOM, "layer": "inferred", "tau": "inferred", "gamma": "paper Table 4",
                     "pretrained_tag": "paper main text"},
     )
@@ -33,10 +34,10 @@ def _timm(name, family, size, model_id, tag, image, patch, n_prefix, depth, dim,
 
 
 _ENTRIES = [
-    _clip("clip-b16", "b", "ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.openai", 224, 16, 12, 768, 12, 0.14),
-    _clip("clip-l14", "l", "ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.openai", 224, 14, 24, 1024, 16, 0.20),
+    _clip("clip-b16", "b", "ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.openai", 224, 16, 12, 768, 12),
+    _clip("clip-l14", "l", "ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.openai", 224, 14, 24, 1024, 16),
     _clip("clip-l14-336", "l336", "ViT-L-14-336-quickgelu", "timm/vit_large_patch14_clip_336.openai", 336, 14, 24,
-          1024, 16, 0.13),
+          1024, 16),
     _timm("dinov2-b", "dinov2", "b", "vit_base_patch14_dinov2", "lvd142m", 518, 14, 1, 12, 768, 12, 10, 100.0),
     _timm("dinov2-l", "dinov2", "l", "vit_large_patch14_dinov2", "lvd142m", 518, 14, 1, 24, 1024, 16, 22, 100.0),
     _timm("dinov2-g", "dinov2", "g", "vit_giant_patch14_dinov2", "lvd142m", 518, 14, 1, 40, 1536, 24, 39, 150.0),
@@ -59,6 +60,14 @@ _ENTRIES = [
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _ENTRIES}
 REAL_BACKBONES: tuple[str, ...] = tuple(n for n in REGISTRY if n != "planted")
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a registry entry (a user's own model, from any registered source); bench cases then parametrise it."""
+    if spec.name in REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -5,7 +5,9 @@ import hashlib
 import json
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scopebench.backbones.sources import get_source
 
 Provenance = Literal["paper Table 5", "paper Table 4", "paper main text", "model config", "inferred", "design"]
 
@@ -20,9 +22,9 @@ class BackboneSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    family: Literal["clip", "dinov2", "deit3", "siglip2", "planted"]
+    family: str  # models of one family at several sizes (Figure 8 plots a family across its sizes)
     size: str  # "b", "l", "g", "s", "336", ...
-    source: Literal["timm", "open_clip", "planted"]
+    source: str  # a registered backbone source (scopebench.backbones.sources: timm, open_clip, planted, ...)
     model_id: str  # timm model name or open_clip architecture
     pretrained_tag: str | None = None  # timm pretrained tag / open_clip pretrained name
     hf_hub_id: str | None = None  # Hugging Face repo holding the weights
@@ -38,6 +40,15 @@ class BackboneSpec(BaseModel):
     gamma: float | None = None  # fixed CDS threshold when the paper gives it
     has_cls: bool = True
     provenance: dict[str, Provenance] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, value: str) -> str:
+        try:
+            get_source(value)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None  # names the known sources and how to add one
+        return value
 
     @property
     def geometry_id(self) -> str:

@@ -8,6 +8,8 @@ eval mode), where a forward hook records it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,3 +133,11 @@ class TimmBackbone:
                 x = block(x)
             x = self.model.norm(x)
         return x[:, self.spec.n_prefix:]
+
+
+def load_timm_backbone(spec: BackboneSpec, path: Path | None, seed: int, device: str) -> TimmBackbone:
+    """The ``timm`` source's loader (scopebench.backbones.sources)."""
+    from scopebench.backbones.loader import instantiate
+
+    model, identity = instantiate(spec, path, seed, device, create_timm_model, load_timm_weights)
+    return TimmBackbone(spec, model, identity)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from scopebench.backbones.sources import get_source
 from scopebench.backbones.spec import BackboneSpec
 
 CONFIG_ENV = "SCOPEBENCH_WEIGHTS_CONFIG"
@@ -37,12 +38,7 @@ class WeightsNotFound(FileNotFoundError):
 
 def candidate_filenames(spec: BackboneSpec) -> tuple[str, ...]:
     """Files of ``spec.hf_hub_id`` that hold the weights, safetensors first."""
-    name = spec.weights_filename
-    if spec.source == "open_clip" and name == "open_clip_pytorch_model.bin":
-        return ("open_clip_model.safetensors", name)
-    if spec.source == "timm" and name == "model.safetensors":
-        return (name, "pytorch_model.bin")
-    return (name,)
+    return get_source(spec.source).weight_files(spec)
 
 
 def hf_cache_dir() -> Path:

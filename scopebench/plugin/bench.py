@@ -1,14 +1,14 @@
 """The claims suite's part of the plugin (bench/): SAE options checked at startup, case parametrisation,
 the workbench.  The options themselves are rows of :data:`scopebench.plugin.options.OPTIONS`.
 
-A bench case is a claim-registry row plus a measurement: a test marked
-``@pytest.mark.claim("table7.outlier-attention-unstable")`` that takes a ``backbone``
-argument is parametrised over the backbones that claim covers (planted first, then
-registry order), and, if it also takes ``sae_name``, over the SAE variants of this run.  Case ids therefore carry the
+A bench case runs one analysis and records its output: a test marked
+``@pytest.mark.backbones("table7")`` that takes a ``backbone`` argument is parametrised over
+the backbones the claims of that paper table cover (planted first, then registry order), and,
+if it also takes ``sae_name``, over the SAE variants of this run.  Case ids therefore carry the
 backbone and the table (``pytest bench -k dinov2``, ``-k table7``).
 
 A case that needs what this machine lacks (weights, a dataset) raises
-:class:`~scopebench.workbench.Unavailable`; it is reported as a skip with the message
+:class:`~scopebench.suite.workbench.Unavailable`; it is reported as a skip with the message
 that says how to provide it.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from scopebench.backbones.registry import REGISTRY
-from scopebench.claims import get_claim
+from scopebench.claims.registry import backbones_of
 from scopebench.names import InvalidName, check_distinct, check_name
 from scopebench.plugin.options import PLOTS_SUBDIR, split_name_path
 from scopebench.plugin.session import ScopebenchOptions, checked_folder
 from scopebench.sae.recipe import BASELINES_DIR, RecipeError, check_recipes
-from scopebench.workbench import Unavailable, Workbench
+from scopebench.suite.workbench import Unavailable, Workbench
 
 _RECIPES_KEY = pytest.StashKey[list[str]]()
 _EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
@@ -31,8 +31,8 @@ _PLOTS_KEY = pytest.StashKey[Path]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "claim(id): bind a bench case to a claim of scopebench.claims; "
-                                       "parametrises `backbone` over the claim's backbones")
+    config.addinivalue_line("markers", "backbones(table): parametrise `backbone` over the backbones that the "
+                                       "claims of this paper table or figure cover (scopebench.claims.registry)")
     recipes = _checked_recipes(config)
     config.stash[_RECIPES_KEY] = recipes
     config.stash[_EXTERNAL_KEY] = _checked_external_saes(config, recipes)
@@ -99,9 +99,9 @@ def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marker = metafunc.definition.get_closest_marker("claim")
+    marker = metafunc.definition.get_closest_marker("backbones")
     if marker is not None and "backbone" in metafunc.fixturenames:
-        names = sorted(get_claim(marker.args[0]).backbones, key=lambda n: (n != "planted", list(REGISTRY).index(n)))
+        names = sorted(backbones_of(marker.args[0]), key=lambda n: (n != "planted", list(REGISTRY).index(n)))
         if "sae_name" in metafunc.fixturenames:
             cases = [(b, s) for b in names for s in sae_variants(metafunc.config, b)]
             metafunc.parametrize(("backbone", "sae_name"), cases, ids=[f"{b}-{s}" for b, s in cases])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scopebench.cache import CACHE_ENV
+from scopebench.pipeline.cache import CACHE_ENV
 
 if TYPE_CHECKING:
     import pytest

@@ -3,9 +3,9 @@
 A *bench case* is any test that requests ``claim_report``. Sessions without bench cases
 print and write nothing. Otherwise the summary shows one row per measurement or claim
 check (and one row for a bench case that failed or skipped before recording anything),
-then results are merged into ``<results-dir>/<backbone>__<sae>.json`` (``--results-dir``, default
-``leaderboard/results`` in the rootdir: :func:`scopebench.plugin.options.default_results_dir`) and the
-leaderboard of that folder is printed.
+then results are merged into ``<results-dir>/<backbone>__<sae>.json`` (``<backbone>.json`` for
+analyses that need no SAE; ``--results-dir``, default ``leaderboard/results`` in the rootdir:
+:func:`scopebench.plugin.options.default_results_dir`) and the leaderboard of that folder is printed.
 """
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
 from tabulate import tabulate
 
-from scopebench.claims import PAPER_TABLES, Verdict, evaluate, get_claim
-from scopebench.leaderboard import build_frame, load_results, render_text
+from scopebench.claims.registry import Claim, Verdict, check_all, get_claim
+from scopebench.keys import base_name
+from scopebench.results.leaderboard import build_frame, load_results, render_text
+from scopebench.paper import paper_values
 from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
-from scopebench.results import (
-    BackboneInfo, ClaimVerdict, DatasetInfo, Definitions, ResultRecord, SAEInfo, collect_environment, result_path, save_merged,
+from scopebench.results.records import (
+    AnalysisRecord, AnalysisResult, BackboneInfo, ClaimVerdict, ResultRecord, SAEInfo, collect_environment,
+    merge_analysis, result_path, save_merged,
 )
 
 FIXTURE_NAME = "claim_report"
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass
@@ -48,42 +48,31 @@ class CaseRow:
 
 @dataclass
 class PendingResult:
-    """What this session learned about one (backbone, SAE); becomes a ResultRecord at the end."""
+    """What this session learned about one (backbone, SAE) or one backbone; becomes a ResultRecord at the end."""
 
     backbone: BackboneInfo
-    sae: SAEInfo
-    datasets: dict[str, DatasetInfo] = field(default_factory=dict)
-    definitions: dict[str, Any] = field(default_factory=dict)
-    measurements: dict[str, dict[str, float]] = field(default_factory=dict)
+    sae: SAEInfo | None
+    analyses: dict[str, AnalysisRecord] = field(default_factory=dict)
     claims: dict[str, ClaimVerdict] = field(default_factory=dict)
     device: str = "cpu"
+
+    def add(self, result: AnalysisResult) -> None:
+        """Fold in one analysis result (same analysis and config twice: outputs merge, e.g. more shifts)."""
+        self.analyses[result.analysis] = merge_analysis(result.analysis, self.analyses.get(result.analysis),
+                                                        result.record)
+        self.backbone, self.device = result.backbone, result.device
+        if result.sae is not None:
+            self.sae = result.sae
 
 
 @dataclass
 class SessionClaims:
     rows: list[CaseRow] = field(default_factory=list)
-    pending: dict[tuple[str, str], PendingResult] = field(default_factory=dict)
+    pending: dict[tuple[str, str | None], PendingResult] = field(default_factory=dict)
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (outcome, reason)
 
 
 SESSION_KEY = pytest.StashKey[SessionClaims]()
-
-
-def _validated(model: type[ModelT], value: object, argument: str) -> ModelT:
-    try:
-        return model.model_validate(value, from_attributes=True)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"claim_report.measure({argument}=...) is invalid ({problems}); "
-                         f"allowed keys: {', '.join(model.model_fields)}") from None
-
-
-def _json_ready(sae: SAEInfo) -> SAEInfo:
-    """The SAE info with its config as plain JSON types; refuses what a result file cannot hold."""
-    try:
-        return SAEInfo.model_validate(json.loads(json.dumps(sae.model_dump(mode="json"))))
-    except (TypeError, ValueError, PydanticSerializationError) as exc:
-        raise ValueError(f"claim_report.measure(sae_config=...) must be JSON-serialisable: {exc}") from None
 
 
 class ClaimReport:
@@ -93,76 +82,35 @@ class ClaimReport:
         self._session = session
         self._nodeid = nodeid
 
-    def _pending(self, backbone: str, sae: str) -> PendingResult:
+    def record(self, result: AnalysisResult) -> list[Verdict]:
+        """Record one analysis result and evaluate every claim that applies to it (one call per output).
+
+        Returns the verdicts; the case then calls :meth:`assert_held` on them.
+        """
+        backbone, sae = result.backbone.name, result.sae.name if result.sae else None
         result_path(Path("."), backbone, sae)  # the name rule, before anything is recorded
         key = (backbone, sae)
-        if key not in self._session.pending:
-            self._session.pending[key] = PendingResult(BackboneInfo(name=backbone), SAEInfo(name=sae))
-        return self._session.pending[key]
-
-    def measure(
-        self,
-        *,
-        backbone: str,
-        sae: str,
-        table: str,
-        values: Mapping[str, float],
-        dataset: Union[DatasetInfo, Mapping[str, Any], None] = None,
-        definitions: Union[Definitions, Mapping[str, Any], None] = None,
-        sae_config: Mapping[str, Any] | None = None,
-        sae_checkpoint_sha256: str | None = None,
-        weights_id: str | None = None,
-        device: str | None = None,
-    ) -> None:
-        """Record measured ``values`` (quantity key -> float, NaN allowed) under ``table``."""
-        if not values:
-            raise ValueError(f"claim_report.measure(table={table!r}) got no values; pass a non-empty mapping")
-        # validate everything before recording anything, so a bad call leaves no partial record
-        floats = {k: float(v) for k, v in values.items()}
-        parsed_dataset = None if dataset is None else _validated(DatasetInfo, dataset, "dataset")
-        parsed_definitions = None if definitions is None else _validated(Definitions, definitions, "definitions")
-        sae_info = None
-        if sae_config is not None or sae_checkpoint_sha256 is not None:
-            sae_info = _json_ready(SAEInfo(name=sae, config=dict(sae_config or {}),
-                                           checkpoint_sha256=sae_checkpoint_sha256))
-        pending = self._pending(backbone, sae)
-        pending.measurements.setdefault(table, {}).update(floats)
-        if parsed_dataset is not None:
-            pending.datasets[table] = parsed_dataset
-        if parsed_definitions is not None:
-            pending.definitions.update(parsed_definitions.model_dump(exclude_unset=True))
-        if sae_info is not None:
-            pending.sae = SAEInfo(name=sae, config=sae_info.config or pending.sae.config,
-                                  checkpoint_sha256=sae_info.checkpoint_sha256 or pending.sae.checkpoint_sha256)
-        if weights_id is not None:
-            pending.backbone = BackboneInfo(name=backbone, weights_id=weights_id)
-        if device is not None:
-            pending.device = device
-        paper_row = PAPER_TABLES.get(table, {}).get(backbone, {})
-        self._session.rows.append(CaseRow(
-            self._nodeid, f"{table} (measured)", backbone, sae, dict(values),
-            {k: paper_row[k] for k in values if k in paper_row}, "measured",
-        ))
-
-    def check(self, claim_id: str, *, backbone: str, sae: str, measured: Mapping[str, float]) -> Verdict:
-        """Evaluate a claim on ``measured``, record verdict and values; the test then asserts ``passed``."""
-        claim = get_claim(claim_id)
-        if not claim.applies_to(backbone):
-            raise ValueError(f"claim {claim_id!r} does not apply to backbone {backbone!r}; "
-                             f"it covers {', '.join(claim.backbones)}")
-        verdict = evaluate(claim, measured)
-        paper_row = claim.paper_values.get(backbone, {})
-        paper = {k: paper_row[k] for k in measured if k in paper_row}
-        values = {k: float(v) for k, v in measured.items()}
-        pending = self._pending(backbone, sae)
-        pending.measurements.setdefault(claim.table, {}).update(values)
-        verdict = verdict.model_copy(update={"exemption": claim.exempt_saes.get(sae)})
-        pending.claims[claim_id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
-                                                measured=values, paper=paper, exemption=verdict.exemption)
-        label = "PASS" if verdict.passed else "XFAIL" if verdict.expected_failure else "FAIL"
-        self._session.rows.append(CaseRow(self._nodeid, claim_id, backbone, sae, values, paper, label,
-                                          verdict.detail))
-        return verdict
+        pending = self._session.pending.setdefault(key, PendingResult(result.backbone, result.sae))
+        pending.add(result)
+        measured = result.output.quantities()
+        checked = check_all(result.analysis, result.output, backbone, sae)
+        shown = {k for claim, _ in checked for k in measured if base_name(k) in claim.quantities
+                 or k in claim.quantities}
+        paper = paper_values(backbone, measured)
+        row = {k: v for k, v in measured.items() if k in shown or k in paper}
+        self._session.rows.append(CaseRow(self._nodeid, f"{result.analysis} (measured)", backbone, sae or "-", row,
+                                          {k: paper[k] for k in row if k in paper}, "measured"))
+        verdicts = []
+        for claim, verdict in checked:
+            values = {k: measured[k] for k in _compared(claim, measured)}
+            compared_paper = {k: paper[k] for k in values if k in paper}
+            pending.claims[claim.id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
+                                                    measured=values, paper=compared_paper, exemption=verdict.exemption)
+            label = "PASS" if verdict.passed else "XFAIL" if verdict.expected_failure else "FAIL"
+            self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
+                                              label, verdict.detail))
+            verdicts.append(verdict)
+        return verdicts
 
     @staticmethod
     def assert_held(*verdicts: Verdict) -> None:
@@ -175,6 +123,13 @@ class ClaimReport:
         excused = [v for v in verdicts if v.expected_failure]
         if excused:
             pytest.xfail("; ".join(f"{v.detail} (not expected of this SAE: {v.exemption})" for v in excused))
+
+
+def _compared(claim: Claim, measured: Mapping[str, float]) -> list[str]:
+    """The measured keys a claim compares (every shift of a ``for_every`` relation)."""
+    if claim.relation.for_every is None:
+        return [claim.relation.a, claim.relation.b]
+    return [k for k in measured if base_name(k) in claim.quantities]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -243,14 +198,9 @@ def render_rows(rows: list[CaseRow]) -> str:
 
 
 def _records(session: SessionClaims, repo_dir: Path) -> list[ResultRecord]:
-    return [
-        ResultRecord(
-            backbone=p.backbone, sae=p.sae, datasets=p.datasets, definitions=Definitions(**p.definitions),
-            measurements=p.measurements, claims=p.claims,
-            environment=collect_environment(device=p.device, repo_dir=repo_dir),
-        )
-        for p in session.pending.values()
-    ]
+    return [ResultRecord(backbone=p.backbone, sae=p.sae, analyses=p.analyses, claims=p.claims,
+                         environment=collect_environment(device=p.device, repo_dir=repo_dir))
+            for p in session.pending.values()]
 
 
 def results_dir_of(config: pytest.Config) -> Path:
@@ -265,9 +215,9 @@ def _session_to_json(session: SessionClaims) -> str:
     return json.dumps({
         "rows": [asdict(row) for row in session.rows],
         "outcomes": session.outcomes,
-        "pending": [{"backbone": p.backbone.model_dump(mode="json"), "sae": p.sae.model_dump(mode="json"),
-                     "datasets": {k: v.model_dump(mode="json") for k, v in p.datasets.items()},
-                     "definitions": p.definitions, "measurements": p.measurements,
+        "pending": [{"backbone": p.backbone.model_dump(mode="json"),
+                     "sae": p.sae.model_dump(mode="json") if p.sae else None,
+                     "analyses": {k: v.model_dump(mode="json") for k, v in p.analyses.items()},
                      "claims": {k: v.model_dump(mode="json") for k, v in p.claims.items()}, "device": p.device}
                     for p in session.pending.values()],
     })
@@ -279,21 +229,17 @@ def _merge_worker_session(session: SessionClaims, text: str) -> None:
     session.rows.extend(CaseRow(**row) for row in data["rows"])
     session.outcomes.update({k: tuple(v) for k, v in data["outcomes"].items()})
     for raw in data["pending"]:
-        found = PendingResult(
-            BackboneInfo(**raw["backbone"]), SAEInfo(**raw["sae"]),
-            datasets={k: DatasetInfo(**v) for k, v in raw["datasets"].items()}, definitions=raw["definitions"],
-            measurements=raw["measurements"], claims={k: ClaimVerdict(**v) for k, v in raw["claims"].items()},
-            device=raw["device"])
-        key = (found.backbone.name, found.sae.name)
+        found = PendingResult(BackboneInfo(**raw["backbone"]), SAEInfo(**raw["sae"]) if raw["sae"] else None,
+                              analyses={k: AnalysisRecord(**v) for k, v in raw["analyses"].items()},
+                              claims={k: ClaimVerdict(**v) for k, v in raw["claims"].items()}, device=raw["device"])
+        key = (found.backbone.name, found.sae.name if found.sae else None)
         mine = session.pending.setdefault(key, found)
         if mine is found:
             continue
-        for table, values in found.measurements.items():
-            mine.measurements.setdefault(table, {}).update(values)
-        mine.datasets.update(found.datasets)
-        mine.definitions.update(found.definitions)
+        for name, record in found.analyses.items():
+            mine.analyses[name] = merge_analysis(name, mine.analyses.get(name), record)
         mine.claims.update(found.claims)
-        if found.sae.config or found.sae.checkpoint_sha256:
+        if found.sae is not None:
             mine.sae = found.sae
         if found.backbone.weights_id:
             mine.backbone = found.backbone
@@ -323,8 +269,7 @@ def _save(session: SessionClaims, results_dir: Path, repo_dir: Path, terminalrep
         try:
             path, note = save_merged(record, results_dir)
         except (OSError, ValueError) as exc:
-            terminalreporter.write_line(f"scopebench: results of {record.backbone.name}/{record.sae.name} "
-                                        f"not written: {exc}", red=True)
+            terminalreporter.write_line(f"scopebench: results of {record.label} not written: {exc}", red=True)
             continue
         terminalreporter.write_line(f"scopebench: wrote {path}")
         if note:

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from scopebench.backbones.registry import REGISTRY
+from scopebench.backbones.sources import get_source
 from scopebench.backbones.weights import CONFIG_ENV, WeightsNotFound, read_config_file
-from scopebench.cache import CACHE_ENV, ActivationStore, default_cache_dir
+from scopebench.pipeline.cache import CACHE_ENV, ActivationStore, default_cache_dir
 from scopebench.device import resolve_device
 from scopebench.plugin.options import split_name_path
 
@@ -59,9 +60,9 @@ def checked_folder(value: str | os.PathLike[str], flag: str) -> Path:
 
 
 def _checked_weights(name: str, path: Path, origin: str) -> tuple[str, Path]:
-    real = [n for n, spec in REGISTRY.items() if spec.source != "planted"]
+    real = [n for n, spec in REGISTRY.items() if get_source(spec.source).takes_weights]
     if name not in real:
-        why = "the planted backbone is built from its seed and takes no weight file" if name in REGISTRY \
+        why = f"the {name} backbone is built from its seed and takes no weight file" if name in REGISTRY \
             else f"unknown backbone {name!r}"
         raise pytest.UsageError(f"{origin}: {why}; backbones that take weights: {', '.join(real)}")
     if not path.is_file():

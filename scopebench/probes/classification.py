@@ -1,7 +1,7 @@
 """Image classification probe: pooled features ``[n, d]`` -> linear -> top-1 accuracy.
 
 The features are the global average pool of the patch tokens after feature-group
-removal (see :func:`scopebench.removal.remove_group_pooled`).
+removal (see :func:`scopebench.analyses.removal_probes.removal.remove_group_pooled`).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from scopebench.sae.arch.relu import ReLUSAE
 from scopebench.sae.arch.topk import TopKSAE
 from scopebench.sae.base import SparseAutoencoder
 from scopebench.sae.checkpoint import load_native, save_sae
-from scopebench.sae.foreign import ForeignSAE
+from scopebench.sae.linear import ForeignSAE
 from scopebench.sae.loading import load_sae
 from scopebench.sae.recipe import RecipeError, SAERecipe, check_recipes, load_recipe, parse_recipe
 from scopebench.sae.training import TrainResult, train_sae

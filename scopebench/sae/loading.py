@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scopebench.sae.base import SparseAutoencoder
 from scopebench.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_native_checkpoint, load_native
-from scopebench.sae.external import (
+from scopebench.sae.formats import (
     DICTIONARY_LEARNING_FILES,
     SAELENS_FILES,
     load_dictionary_learning,

@@ -18,7 +18,7 @@ from scopebench.sae.checkpoint import save_sae
 from scopebench.sae.dictionary import DictionarySAE
 from scopebench.sae.recipe import parse_recipe
 from scopebench.sae.safetensors_io import read_safetensors
-from scopebench.sae.sampling import PatchTokenSampler
+from scopebench.sae.token_sampling import PatchTokenSampler
 
 # Bump when a change to training alters the SAE it produces: cached SAEs are keyed by it.
 TRAINER_VERSION = 3  # 2: BatchTopK threshold calibrated after training; 3: small encoder at init

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scopebench.benchconfig import PLANTED_SCALE
-from scopebench.cache import ActivationStore
-from scopebench.results import BackboneInfo, ResultRecord, SAEInfo, collect_environment, save_merged
-from scopebench.workbench import Workbench
+from scopebench.suite.scales import PLANTED_SCALE
+from scopebench.pipeline.cache import ActivationStore
+from scopebench.results.records import ResultRecord, collect_environment, save_merged
+from scopebench.suite.workbench import Workbench
 
-TINY_SCALE = PLANTED_SCALE.model_copy(update={
-    "train_images": 96, "eval_images": 16, "scc_images": 16, "cds_k": 4, "attention_images": 4, "batch_size": 8,
+TINY_SCALE = PLANTED_SCALE.updated({
+    "train_images": 96, "reconstruction": {"images": 16}, "cds": {"images": 16, "k": 4},
+    "attention_emd": {"images": 4}, "batch_size": 8,
     "sae_overrides": {"expansion_factor": 4, "n_tokens": 24_576, "batch_size": 512, "lr": 3e-3,
                       "checkpoint_every": 4, "lr_warmup_steps": 0},
 })
@@ -27,17 +28,16 @@ TINY_SCALE = PLANTED_SCALE.model_copy(update={
 
 def run(cache_dir: Path, results_dir: Path) -> dict:
     bench = Workbench(ActivationStore(cache_dir), device="cpu", progress=False, scales={"planted": TINY_SCALE})
-    recon = bench.reconstruction("planted", "batchtopk")
-    cds = bench.cds("planted", "batchtopk").cds
-    attention = bench.attention_emd("planted", 1)
+    recon = bench.result("reconstruction", "planted", "batchtopk")
+    cds = bench.run("cds", "planted", "batchtopk").details[0].cds
+    attention = bench.run("attention_emd", "planted", shifts=(1,)).per_shift[1]
     digest = {
-        "recon": {k: float(v) for k, v in vars(recon).items() if isinstance(v, (int, float))},
+        "recon": recon.output.quantities(),
         "cds_sha256": hashlib.sha256(np.ascontiguousarray(cds, dtype=np.float64).tobytes()).hexdigest(),
         "attention": [attention.outlier, attention.non_outlier, attention.n_outlier],
-        "sae_sha256": bench.sae_identity("planted", "batchtopk")["sae_checkpoint_sha256"],
+        "sae_sha256": recon.sae.checkpoint_sha256,
     }
-    record = ResultRecord(backbone=BackboneInfo(name="planted"), sae=SAEInfo(name="batchtopk"),
-                          measurements={"digest": {k: v for k, v in digest["recon"].items()}},
+    record = ResultRecord(backbone=recon.backbone, sae=recon.sae, analyses={"reconstruction": recon.record},
                           environment=collect_environment())
     save_merged(record, results_dir)
     return digest

@@ -69,7 +69,7 @@ def test_a_run_killed_at_each_stage_resumes_to_the_clean_numbers(tmp_path: Path,
     assert not (results / "planted__batchtopk.json").exists()  # killed before it wrote a result
     resumed = _run(cache, results)
     assert resumed == clean_run  # same machine, same batch shapes: bit-identical, not merely close
-    verify = subprocess.run([sys.executable, "-m", "scopebench.cli", "cache", "verify", "--cache-dir", str(cache)],
+    verify = subprocess.run([sys.executable, "-m", "scopebench.cli.main", "cache", "verify", "--cache-dir", str(cache)],
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -1,0 +1,1 @@
+"""Figure 7: activation-weighted CDS of tokens across the token-norm spectrum."""

@@ -1,0 +1,123 @@
+"""What every analysis is made of: a config, a typed output whose fields are the quantities, a computation.
+
+An analysis folder (``scopebench/analyses/<name>/``) holds ``config.py`` (the settings that
+change its numbers, recorded beside them in result files), ``output.py`` (a pydantic model
+whose fields are the measured quantities, each with its meaning and unit) and ``compute.py``
+(the computation on the bench's cached inputs).  The quantity catalogue, the result-file
+schema, the schema document's quantity table and the leaderboard columns are all read from
+the output models, so a quantity is described once, where it is computed.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+
+Level = Literal["sae", "backbone"]
+def quantity(description: str, unit: str, *, column: str | None = None, default: Any = ...) -> Any:
+    """A measured quantity of an output model: its meaning, unit and (optionally) its leaderboard column."""
+    extra: dict[str, Any] = {"unit": unit}
+    if column is not None:
+        extra["column"] = column
+    return Field(default, description=description, json_schema_extra=extra)
+
+
+def _extra(info: FieldInfo) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+@dataclass(frozen=True)
+class QuantityInfo:
+    name: str  # base name (indexed quantities are stored as name[s=N])
+    analysis: str
+    description: str
+    unit: str
+    column: str | None
+
+
+class Unavailable(Exception):
+    """An input this machine lacks (weights, a dataset); the message says how to provide it. Bench cases skip."""
+
+
+class AnalysisConfig(BaseModel):
+    """Settings of one analysis; every field is recorded beside the numbers it produced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AnalysisOutput(BaseModel):
+    """Typed result of one analysis. Fields made with :func:`quantity` are its measured quantities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Quantities stored per SCC shift (``name[s=N]``): base name -> (description, unit, column at s=1 or None).
+    INDEXED_QUANTITIES: ClassVar[dict[str, tuple[str, str, str | None]]] = {}
+
+    @classmethod
+    def quantity_fields(cls) -> dict[str, FieldInfo]:
+        return {name: info for name, info in cls.model_fields.items() if "unit" in _extra(info)}
+
+    @classmethod
+    def catalogue(cls, analysis: str) -> list[QuantityInfo]:
+        found = [QuantityInfo(name, analysis, info.description or "", _extra(info)["unit"], _extra(info).get("column"))
+                 for name, info in cls.quantity_fields().items()]
+        found += [QuantityInfo(name, analysis, text, unit, column)
+                  for name, (text, unit, column) in cls.INDEXED_QUANTITIES.items()]
+        return found
+
+    def quantities(self) -> dict[str, float]:
+        """Flat ``quantity key -> value`` of what was measured (None fields, i.e. not run, left out)."""
+        values = {name: getattr(self, name) for name in self.quantity_fields()}
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    def merged_over(self, old: AnalysisOutput) -> AnalysisOutput:
+        """This output on top of an earlier one of the same analysis and config: fields it has replace old ones."""
+        return type(self).model_validate({**old.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+class Inputs(Protocol):
+    """What an analysis may ask of the bench (implemented by :class:`scopebench.suite.workbench.Workbench`)."""
+
+    device: Any
+    progress: bool
+
+    def backbone(self, name: str) -> Any: ...
+    def dataset(self, backbone: str, stage: str) -> Any: ...
+    def tokens(self, backbone: str, stage: str) -> Any: ...
+    def scc_tokens(self, backbone: str, shift: int) -> Any: ...
+    def sae(self, backbone: str, name: str) -> Any: ...
+    def tau(self, backbone: str) -> float: ...
+    def run(self, analysis: str, backbone: str, sae: str | None = None, **options: Any) -> AnalysisOutput: ...
+    def persisted(self, key: dict[str, Any], model: type[BaseModel], build: Callable[[], Any]) -> Any:
+        """``build()`` once per ``key`` across sessions: a checksummed memo in the activation store."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis: ``compute(inputs, backbone, sae, config, **options) -> output``, in ``<name>/compute.py``.
+
+    The computation is imported when first run, so reading configs, outputs and result files
+    (claims, the leaderboard, the CLI) never imports torch.
+
+    ``level`` "backbone" analyses need no SAE (attention EMD); their results live in the
+    backbone-level result record.  ``options`` of ``compute`` select part of the work (which
+    probe tasks, which shifts) without changing any number.
+    """
+
+    name: str
+    title: str  # where the paper reports it
+    level: Level
+    stage: str | None  # the image stage its numbers describe (a result's dataset entry); None: several
+    config: type[AnalysisConfig]
+    output: type[AnalysisOutput]
+
+    @property
+    def compute(self) -> Callable[..., AnalysisOutput]:
+        return importlib.import_module(f"scopebench.analyses.{self.name}.compute").compute
+

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from scopebench.analyses.base import Inputs, Unavailable
+from scopebench.analyses.removal_probes.config import TASKS, RemovalProbesConfig
+from scopebench.analyses.removal_probes.output import RemovalProbesOutput
+from scopebench.backbones import get_spec
+from scopebench.analyses.removal_probes.probing import SPLITS, ProbeInputs, classification_metrics, dense_metrics
+
+
+def _propagation(bench: Inputs, backbone: str, config: RemovalProbesConfig):
+    """The backbone's ``propagate`` when the config asks for propagation, else None."""
+    if not config.propagate:
+        return None
+    propagate = getattr(bench.backbone(backbone), "propagate", None)
+    if propagate is None:
+        raise Unavailable(f"{backbone} has no blocks after its SAE layer to propagate edited tokens through; "
+                         "run its removal cases without --propagate")
+    return propagate
+
+
+def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: RemovalProbesConfig) -> dict[str, float]:
+    """The three embeddings' scores of one task (cls / seg / depth)."""
+    spec = get_spec(backbone)
+    inputs = {}
+    for split in SPLITS:
+        acts = bench.tokens(backbone, f"probe-{task}-{split}")
+        inputs[split] = ProbeInputs(tokens=acts.tokens, prefix=acts.prefix,
+                                    dataset=bench.dataset(backbone, f"probe-{task}-{split}"))
+    model = bench.sae(backbone, sae)
+    _, groups = bench.run("cds", backbone, sae).details
+    propagate = _propagation(bench, backbone, config)
+    if task == "cls":
+        return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
+                                      progress=bench.progress, propagate=propagate)
+    return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
+                         has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
+                         device=bench.device, progress=bench.progress, propagate=propagate)
+
+
+def compute(bench: Inputs, backbone: str, sae: str, config: RemovalProbesConfig, *,
+            tasks: tuple[str, ...] = TASKS) -> RemovalProbesOutput:
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown probe task(s) {unknown}; use {', '.join(TASKS)}")
+    values: dict[str, float] = {}
+    for task in tasks:  # several tasks: each through bench.run, so each task's scores are memoised on their own
+        values.update(bench.run("removal_probes", backbone, sae, tasks=(task,)).quantities()
+                      if len(tasks) > 1 else task_scores(bench, backbone, sae, task, config))
+    return RemovalProbesOutput(**values)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+from scopebench.analyses.base import AnalysisOutput, quantity
+
+_SCORE = {"cls_top1": ("linear-probe top-1 accuracy", "percent"), "seg_miou": ("linear-probe segmentation mIoU",
+                                                                               "percent"),
+          "depth_rmse": ("linear-probe depth RMSE", "depth unit")}
+_EMBEDDING = {"original": "original tokens", "high_removed": "high-CDS features removed",
+              "low_removed": "low-CDS features removed"}
+
+
+def _delta(score: str, variant: str):
+    def read(q: dict[str, float]) -> float | None:
+        removed, original = q.get(f"{score}_{variant}_removed"), q.get(f"{score}_original")
+        return None if removed is None or original is None else removed - original
+    return read
+
+
+def _field(score: str, embedding: str) -> Any:
+    text, unit = _SCORE[score]
+    return quantity(f"{text}, {_EMBEDDING[embedding]}", unit, default=None)
+
+
+class RemovalProbesOutput(AnalysisOutput):
+    """Probe scores on the task's test split; a task that was not run stays null."""
+
+    cls_top1_original: Optional[float] = _field("cls_top1", "original")
+    cls_top1_high_removed: Optional[float] = _field("cls_top1", "high_removed")
+    cls_top1_low_removed: Optional[float] = _field("cls_top1", "low_removed")
+    seg_miou_original: Optional[float] = _field("seg_miou", "original")
+    seg_miou_high_removed: Optional[float] = _field("seg_miou", "high_removed")
+    seg_miou_low_removed: Optional[float] = _field("seg_miou", "low_removed")
+    depth_rmse_original: Optional[float] = _field("depth_rmse", "original")
+    depth_rmse_high_removed: Optional[float] = _field("depth_rmse", "high_removed")
+    depth_rmse_low_removed: Optional[float] = _field("depth_rmse", "low_removed")
+
+    #: (removed) - (original) in the probe's unit
+    DERIVED_COLUMNS: ClassVar[dict[str, Any]] = {
+        f"Δ{short} {variant[:2]}": _delta(score, variant)
+        for score, short in (("cls_top1", "cls"), ("seg_miou", "seg"), ("depth_rmse", "depth"))
+        for variant in ("high", "low")
+    }

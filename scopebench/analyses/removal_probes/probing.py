@@ -1,0 +1,164 @@
+"""Feature-group removal experiments (Tables 3 and 8, Figure 8): three embeddings x three probes.
+
+For each task the probe is trained on the original tokens, on tokens with the high-CDS
+group removed and on tokens with the low-CDS group removed (DESIGN.md: the SAE error is
+kept).  All three embeddings are z-scored with the original embedding's training statistics
+(see :mod:`scopebench.probes.standardize` for why).  Inputs are cached token arrays and the datasets' targets; metric names follow
+:data:`scopebench.claims.registry.QUANTITIES` (accuracy and mIoU in percent, RMSE in depth units).
+
+By default the probes read the edited tokens at the SAE layer.  With ``propagate`` (a
+backbone's ``propagate(patch_tokens, prefix) -> final patch tokens``) the edited tokens
+first run through the remaining blocks, next to the unedited prefix tokens; classification
+then pools the propagated tokens, since the blocks are not linear and the pooled shortcut
+no longer applies.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scopebench.sae.codes import TokenArray, load_rows
+from scopebench.data.base import ImageDataset
+from scopebench.analyses.cds.partition import Partition
+from scopebench.probes.classification import ClassificationSplit, train_classification_probe
+from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
+from scopebench.probes.depth import DepthSplit, fit_depth_standardize, train_depth_probe
+from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
+from scopebench.probes.standardize import fit_standardize
+from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
+from scopebench.sae.base import SparseAutoencoder
+from scopebench.pipeline.scc import square_resize_map
+
+SPLITS = ("train", "val", "test")
+PROPAGATE_CHUNK = 32  # images per pass through the remaining blocks
+
+Propagate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EMBEDDINGS = ("original", "high_removed", "low_removed")
+
+
+@dataclass
+class ProbeInputs:
+    """One split of one task: cached tokens ``[n, N, D]``, prefix ``[n, P, D]`` and the dataset."""
+
+    tokens: np.ndarray
+    prefix: np.ndarray
+    dataset: ImageDataset
+
+
+def _group(partition: Partition, embedding: str) -> np.ndarray:
+    return {"original": np.zeros(0, dtype=np.int64), "high_removed": partition.high,
+            "low_removed": partition.low}[embedding]
+
+
+def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
+    """Per-image targets centre-cropped and resized like the images (nearest, values untouched)."""
+    values = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if field == "label":
+            if sample.label is None:
+                raise ValueError(f"dataset {dataset.identity!r} has no image-level label for item {i}")
+            values.append(torch.tensor(sample.label))
+            continue
+        target = getattr(sample, field)
+        if target is None:
+            raise ValueError(f"dataset {dataset.identity!r} has no {field} map for item {i}")
+        resized = square_resize_map(target, size)
+        values.append(resized.long() if field == "segmentation" else resized.float())
+    return torch.stack(values)
+
+
+def _edited_and_propagated(tokens: TokenArray, prefix: TokenArray, sae: SparseAutoencoder, group: np.ndarray,
+                           propagate: Propagate, device: torch.device) -> torch.Tensor:
+    """Patch tokens with ``group`` removed at the SAE layer, then run through the remaining blocks (on CPU)."""
+    out = []
+    for start in range(0, len(tokens), PROPAGATE_CHUNK):
+        rows = slice(start, start + PROPAGATE_CHUNK)
+        edited = remove_group(load_rows(tokens, rows).to(device), sae, group)
+        with torch.no_grad():
+            out.append(propagate(edited, load_rows(prefix, rows).to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
+                           config: ClassificationConfig, device: torch.device, progress: bool,
+                           propagate: Propagate | None = None) -> dict[str, float]:
+    labels = {split: _targets(inputs[split].dataset, "label", 0) for split in SPLITS}
+    if propagate is None:
+        pooled = {}
+        for split in SPLITS:
+            tokens = inputs[split].tokens
+            with torch.no_grad():
+                parts = [mean_tokens_and_codes(load_rows(tokens, slice(i, i + 64)).to(device), sae)
+                         for i in range(0, len(tokens), 64)]
+            pooled[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+    def features(split: str, group: np.ndarray) -> torch.Tensor:
+        if propagate is None:
+            return remove_group_pooled(*pooled[split], sae.W_dec, group).cpu()
+        split_inputs = inputs[split]
+        return _edited_and_propagated(split_inputs.tokens, split_inputs.prefix, sae, group, propagate,
+                                      device).mean(dim=1)
+
+    n_classes = int(max(int(v.max()) for v in labels.values())) + 1
+    out = {}
+    standardizer = None
+    for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
+        group = _group(partition, embedding)
+        splits = [ClassificationSplit(features(s, group), labels[s]) for s in SPLITS]
+        standardizer = standardizer or fit_standardize(splits[0].features)
+        result = train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
+                                            progress=progress, standardizer=standardizer)
+        out[f"cls_top1_{embedding}"] = 100.0 * float(result.test_metric)
+    return out
+
+
+def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    n, count, dim = tokens.shape
+    side = int(round(count**0.5))
+    return tokens.reshape(n, side, side, dim)
+
+
+def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
+                  target_size: int, has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
+                  progress: bool, propagate: Propagate | None = None) -> dict[str, float]:
+    """Segmentation mIoU (``task="seg"``) or depth RMSE (``task="depth"``) for the three embeddings.
+
+    Targets are square-resized (nearest) to ``target_size``; the probes upsample their
+    patch-grid logits to it.
+    """
+    field = "segmentation" if task == "seg" else "depth"
+    targets = {s: _targets(inputs[s].dataset, field, target_size) for s in SPLITS}
+    originals = {s: load_rows(inputs[s].tokens, slice(None)) for s in SPLITS}
+    if task == "seg":
+        valid = torch.cat([t[t != config.ignore_index] for t in targets.values()])
+        n_classes = int(valid.max()) + 1
+    else:
+        # the CLS token is never edited; without one, the mean original patch token stands in
+        global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
+                         for s in SPLITS}
+    out = {}
+    standardizer = None
+    for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
+        group = _group(partition, embedding)
+        if propagate is None:
+            edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
+        else:
+            edited = {s: _grid_tokens(_edited_and_propagated(originals[s], inputs[s].prefix, sae, group,
+                                                             propagate, device)) for s in SPLITS}
+        if task == "seg":
+            splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
+            standardizer = standardizer or fit_standardize(splits[0].tokens)
+            result = train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,
+                                              progress=progress, standardizer=standardizer)
+            out[f"seg_miou_{embedding}"] = 100.0 * float(result.test_metric)
+        else:
+            splits = [DepthSplit(edited[s], global_tokens[s], targets[s]) for s in SPLITS]
+            standardizer = standardizer or fit_depth_standardize(splits[0])
+            result = train_depth_probe(*splits, config=config, device=device, progress=progress,
+                                       standardizer=standardizer)
+            out[f"depth_rmse_{embedding}"] = float(result.test_metric)
+    return out

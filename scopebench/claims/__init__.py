@@ -1,0 +1,1 @@
+"""The paper's claims, bound to the analysis outputs they check, and their evaluator (``registry``)."""

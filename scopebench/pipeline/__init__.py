@@ -1,0 +1,1 @@
+"""From images to cached arrays: the Shifted Context Crop, extraction, the activation store and its seals."""

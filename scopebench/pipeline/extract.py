@@ -1,0 +1,391 @@
+"""Extraction: run a backbone over a dataset once and keep its tokens in the activation store.
+
+Everything downstream (SAE training, CDS, attention EMD, probes) reads the returned
+memory-mapped arrays, never the backbone.  The cache key records the backbone, its
+weights, the layer, the dataset identity, the image transform, the sampled indices and
+the storage dtype, so a second call with the same inputs does no forward pass, and an
+interrupted call resumes at the first shard not yet written.
+
+``extract_tokens(..., patches_per_image=k)`` keeps only ``k`` random patch tokens per image
+(the paper's SAE training set: 4 per image of the 1.28M ImageNet-1K training images).  The positions are a pure
+function of ``(sample_seed, dataset index)``, so they do not depend on batch size, shard
+size or the point an interrupted run resumed from; they are stored beside the tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scopebench.backbones.base import Backbone, Grid, LayerOutput
+from scopebench.pipeline.cache import ActivationStore, CacheEntry, CacheKey, EntryMeta, ShardedArray
+from scopebench.data.base import ImageDataset
+from scopebench.device import resolve_device
+from scopebench.pipeline.scc import OverlapIndex, overlap_index, scc, square_resize
+
+STORABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
+_SHARD_TARGET_BYTES = 256 * 2**20  # default shard size: large enough for fast I/O, small enough to resume cheaply
+# First word of the seed sequence of patch sampling, so its stream never coincides with
+# another seeded stream of the project (e.g. the SAE sampler's default_rng([seed, epoch])).
+PATCH_SAMPLE_STREAM = 0x5A3B_0001
+
+# view name -> pixels [B, 3, S, S]; "" for the single view of plain extraction
+ViewMaker = Callable[[Sequence[torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Activations:
+    """Tokens of one extraction, memory-mapped from the store (row i = image ``image_index[i]``)."""
+
+    key: CacheKey
+    entry: CacheEntry
+    grid: Grid
+    tokens: ShardedArray  # [n_img, N, D] patch tokens ([n_img, k, D] when sampled, k = patches_per_image)
+    prefix: ShardedArray  # [n_img, P, D] prefix tokens (CLS, registers)
+    image_index: np.ndarray  # [n_img] dataset indices
+    attention: ShardedArray | None = None  # [n_img, H, P+N, P+N] when extracted with attention=True
+    patch_index: np.ndarray | None = None  # [n_img, k] grid position of each stored token; None = all N kept
+
+    @property
+    def meta(self) -> EntryMeta:
+        return self.entry.meta
+
+    @property
+    def n_images(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Patch tokens stored per image: N for a full extraction, k when sampled."""
+        return int(self.tokens.shape[1])
+
+    def iter_batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_row, tokens[b, N, D])`` batches of images, memory-mapped (no copy)."""
+        return self.tokens.iter_batches(batch_size)
+
+    def flat_tokens(self, rows: slice | Sequence[int] | np.ndarray = slice(None)) -> np.ndarray:
+        """Stored patch tokens of the chosen images as one ``[n * tokens_per_image, D]`` matrix (a copy)."""
+        chosen = self.tokens[rows]
+        return np.asarray(chosen).reshape(-1, self.tokens.shape[-1])
+
+
+@dataclass
+class SCCActivations:
+    """Tokens of the two SCC views of each image (DESIGN.md, Shifted Context Crop)."""
+
+    key: CacheKey
+    entry: CacheEntry
+    grid: Grid  # grid of each view
+    shift: int
+    overlap: OverlapIndex  # content cell -> patch index in view A / view B
+    tokens_a: ShardedArray  # [n_img, N, D]
+    tokens_b: ShardedArray
+    prefix_a: ShardedArray  # [n_img, P, D]
+    prefix_b: ShardedArray
+    image_index: np.ndarray
+    attention_a: ShardedArray | None = None  # [n_img, H, P+N, P+N]
+    attention_b: ShardedArray | None = None
+
+    @property
+    def meta(self) -> EntryMeta:
+        return self.entry.meta
+
+    @property
+    def n_images(self) -> int:
+        return len(self.tokens_a)
+
+    def overlap_tokens(self, rows: slice | Sequence[int] | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens on the overlap in content coordinates: ``(a, b)``, each ``[n, side*side, D]``."""
+        a = np.asarray(self.tokens_a[rows])[:, self.overlap.in_a.numpy()]
+        b = np.asarray(self.tokens_b[rows])[:, self.overlap.in_b.numpy()]
+        return a, b
+
+
+def _canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _sampling(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | None) -> tuple[np.ndarray, str]:
+    n = len(dataset)
+    if indices is None:
+        return np.arange(n, dtype=np.int64), f"all:n={n}"
+    chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if chosen.size == 0:
+        raise ValueError("indices is empty; pass at least one dataset index (or None for the whole dataset)")
+    if chosen.min() < 0 or chosen.max() >= n:
+        raise ValueError(f"indices must lie in [0, {n}) for dataset {dataset.identity!r}; got range "
+                         f"[{chosen.min()}, {chosen.max()}]")
+    digest = hashlib.sha256(chosen.tobytes()).hexdigest()
+    return chosen, f"indices:n={chosen.size}:sha256={digest}"
+
+
+@dataclass(frozen=True)
+class PatchSample:
+    """``per_image`` distinct patch positions of an ``n_patches`` grid kept per image.
+
+    Image ``i`` of the dataset keeps the ascending positions
+    ``sort(default_rng([PATCH_SAMPLE_STREAM, seed, i]).choice(n_patches, per_image, replace=False))``:
+    they depend on nothing but the seed and the image's dataset index.
+    """
+
+    per_image: int
+    seed: int
+    n_patches: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_image, bool) or not isinstance(self.per_image, (int, np.integer)) \
+                or not 1 <= self.per_image <= self.n_patches:
+            raise ValueError(f"patches_per_image must be an integer in [1, {self.n_patches}] (the backbone's grid has "
+                             f"{self.n_patches} patches); got {self.per_image!r}. Pass None to keep every patch")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"sample_seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def key_suffix(self) -> str:
+        """Appended to the key's ``sampling`` field: a sampled entry never shares a folder with a full one."""
+        return f";patches:k={self.per_image}:seed={self.seed}"
+
+    def positions(self, image_index: np.ndarray) -> np.ndarray:
+        """``[len(image_index), per_image]`` int64 positions, ascending within each image."""
+        chosen = np.empty((len(image_index), self.per_image), dtype=np.int64)
+        for row, index in enumerate(image_index):
+            rng = np.random.default_rng([PATCH_SAMPLE_STREAM, int(self.seed), int(index)])
+            chosen[row] = np.sort(rng.choice(self.n_patches, size=self.per_image, replace=False))
+        return chosen
+
+
+def _expected_grid(backbone: Backbone) -> Grid:
+    spec = backbone.spec
+    return Grid(patch_size=spec.patch_size, rows=spec.grid_side, cols=spec.grid_side, n_prefix=spec.n_prefix)
+
+
+def _check_output(out: LayerOutput, grid: Grid, dim: int, batch: int, name: str, attention: bool) -> None:
+    if (out.grid != grid or tuple(out.tokens.shape) != (batch, grid.n_patches, dim)
+            or tuple(out.prefix.shape) != (batch, grid.n_prefix, dim)):
+        raise ValueError(f"backbone {name!r} returned grid {out.grid}, tokens {tuple(out.tokens.shape)} and prefix "
+                         f"{tuple(out.prefix.shape)} for a batch of {batch}; its spec promises {grid} with "
+                         f"embed_dim={dim} (fix the adapter or its registry entry)")
+    if attention and out.attention is None:
+        raise ValueError(f"backbone {name!r} returned no attention although attention=True was asked")
+
+
+def _shard_rows(backbone: Backbone, n_views: int, itemsize: int, attention: bool, n_rows: int,
+                patch_sample: PatchSample | None) -> int:
+    """Images per shard so that one shard holds about ``_SHARD_TARGET_BYTES`` of stored arrays."""
+    spec = backbone.spec
+    n_all = spec.n_patches + spec.n_prefix
+    n_stored = (patch_sample.per_image if patch_sample else spec.n_patches) + spec.n_prefix
+    row_bytes = n_views * n_stored * spec.embed_dim * itemsize
+    if attention:
+        row_bytes += n_views * spec.n_heads * n_all * n_all * itemsize
+    return max(1, min(n_rows, _SHARD_TARGET_BYTES // max(row_bytes, 1)))
+
+
+def _move_to(backbone: Backbone, device: torch.device) -> None:
+    mover = getattr(backbone, "to", None)
+    if callable(mover):
+        mover(device)
+
+
+def _keep_patches(tokens: torch.Tensor, positions: np.ndarray | None) -> torch.Tensor:
+    """``tokens[b, positions[b]]`` on the tokens' device (so only kept rows leave it); all when None."""
+    if positions is None:
+        return tokens
+    index = torch.from_numpy(positions).to(tokens.device)[:, :, None].expand(-1, -1, tokens.shape[-1])
+    return torch.gather(tokens, 1, index)
+
+
+def iter_forward(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, make_views: ViewMaker, batch_size: int,
+                 target: torch.device, attention: bool) -> Iterator[tuple[np.ndarray, dict[str, LayerOutput]]]:
+    """The one forward loop: images ``rows`` in batches, each view of each batch through the designated block.
+
+    Yields ``(batch_rows, {view suffix: checked LayerOutput})``; call it under ``torch.inference_mode()``.
+    """
+    spec, grid = backbone.spec, _expected_grid(backbone)
+    for first in range(0, len(rows), batch_size):
+        batch_rows = rows[first : first + batch_size]
+        views = make_views([dataset[int(i)].image for i in batch_rows])
+        outputs = {}
+        for suffix, pixels in views.items():
+            out = backbone.forward_layer(pixels.to(target), attention=attention)
+            _check_output(out, grid, spec.embed_dim, len(batch_rows), spec.name, attention)
+            outputs[suffix] = out
+        yield batch_rows, outputs
+
+
+def _compute_shard(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, make_views: ViewMaker,
+                   batch_size: int, target: torch.device, np_dtype: type, attention: bool,
+                   patch_sample: PatchSample | None, bar: tqdm) -> dict[str, np.ndarray]:
+    """Forward the images ``rows`` in batches; one array per output and view, row = image."""
+    positions = patch_sample.positions(rows) if patch_sample else None
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for first, (batch_rows, views) in zip(range(0, len(rows), batch_size),
+                                          iter_forward(backbone, dataset, rows, make_views, batch_size, target,
+                                                       attention)):
+        kept = positions[first : first + batch_size] if positions is not None else None
+        for suffix, out in views.items():
+            outputs = {"tokens": _keep_patches(out.tokens, kept), "prefix": out.prefix,
+                       "attention": out.attention if attention else None}
+            for name, tensor in outputs.items():
+                if tensor is not None:
+                    parts[name + suffix].append(tensor.float().cpu().numpy().astype(np_dtype))
+        bar.update(len(batch_rows))
+    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    arrays["image_index"] = rows
+    if positions is not None:
+        arrays["patch_index"] = positions
+    return arrays
+
+
+def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, kind: str, transform: dict[str, Any],
+         make_views: ViewMaker, n_views: int, indices: Sequence[int] | np.ndarray | None, batch_size: int,
+         device: str | torch.device, dtype: str, shard_rows: int | None, attention: bool, progress: bool,
+         attrs: dict[str, Any], patch_sample: PatchSample | None = None) -> CacheEntry:
+    """Fill every missing shard of the entry for these inputs (under its lock), then open it."""
+    if dtype not in STORABLE_DTYPES:
+        raise ValueError(f"dtype {dtype!r} cannot be stored; use one of {sorted(STORABLE_DTYPES)}")
+    if batch_size < 1 or (shard_rows is not None and shard_rows < 1):
+        raise ValueError(f"batch_size ({batch_size}) and shard_rows ({shard_rows}) must be >= 1")
+    if not isinstance(dataset, ImageDataset):
+        raise TypeError(f"dataset must implement scopebench.data.base.ImageDataset, got {type(dataset).__name__}")
+    rows, sampling = _sampling(dataset, indices)
+    if patch_sample is not None:
+        sampling += patch_sample.key_suffix
+    spec = backbone.spec
+    key = CacheKey(kind=kind + ("+attention" if attention else ""), backbone=spec.name,
+                   weights_id=backbone.weights_id, layer=spec.layer, dataset=dataset.identity,
+                   transform=_canonical(transform), sampling=sampling, dtype=dtype)
+    if store.status(key) == "complete":
+        return _fitting(store.read(key), backbone, patch_sample)
+    np_dtype = STORABLE_DTYPES[dtype]
+    per_shard = shard_rows or _shard_rows(backbone, n_views, np.dtype(np_dtype).itemsize, attention, len(rows),
+                                          patch_sample)
+    target = resolve_device(device)
+    with store.writer(key, n_rows=len(rows), rows_per_shard=per_shard, attrs=attrs) as writer:
+        missing = writer.missing_shards()
+        ranges = {index: writer.shard_range(index) for index in missing}
+        if missing:
+            _move_to(backbone, target)
+        with torch.inference_mode(), tqdm(total=sum(stop - start for start, stop in ranges.values()),
+                                          disable=not progress, unit="img",
+                                          desc=f"extract {key.kind} {spec.name}") as bar:
+            for index, (start, stop) in ranges.items():
+                writer.write_shard(index, _compute_shard(backbone, dataset, rows[start:stop], make_views,
+                                                         batch_size, target, np_dtype, attention, patch_sample,
+                                                         bar))
+        if not writer.complete:
+            writer.finish()
+    return _fitting(store.read(key), backbone, patch_sample)
+
+
+def _fitting(entry: CacheEntry, backbone: Backbone, patch_sample: PatchSample | None) -> CacheEntry:
+    """``entry``, after checking its token arrays have the shape this backbone produces.
+
+    The key pins the weights; this catches what a key cannot, e.g. a hand-built backbone
+    whose ``weights_id`` does not change with its geometry.
+    """
+    spec = backbone.spec
+    rows = (patch_sample.per_image if patch_sample else spec.n_patches, spec.embed_dim)
+    for name, array in entry.arrays.items():
+        if name.startswith("tokens") and tuple(array.row_shape) != rows:
+            raise ValueError(f"cache entry {entry.path} holds {name} rows of shape {tuple(array.row_shape)}, but "
+                             f"{spec.name!r} gives {rows}: its weights_id ({backbone.weights_id!r}) does not pin "
+                             "its geometry; give the backbone a weights_id that changes with it")
+    return entry
+
+
+def _stack_resized(images: Sequence[torch.Tensor], size: int, interpolation: str) -> torch.Tensor:
+    return torch.stack([square_resize(image, size, interpolation) for image in images])
+
+
+def _patch_sample(backbone: Backbone, patches_per_image: int | None, sample_seed: int,
+                  attention: bool) -> PatchSample | None:
+    if patches_per_image is None:
+        return None
+    if attention:
+        raise ValueError("attention=True needs every patch of the image; extract attention with "
+                         "patches_per_image=None (sampling is meant for SAE training tokens)")
+    return PatchSample(per_image=patches_per_image, seed=sample_seed, n_patches=backbone.spec.n_patches)
+
+
+def _token_attrs(backbone: Backbone, patch_sample: PatchSample | None) -> dict[str, Any]:
+    """Informative ``meta.json`` attrs: the grid, and how patches were drawn when sampled."""
+    attrs: dict[str, Any] = {"grid": asdict(_expected_grid(backbone))}
+    if patch_sample is not None:
+        attrs["patch_sample"] = {"per_image": int(patch_sample.per_image), "seed": int(patch_sample.seed),
+                                 "stream": PATCH_SAMPLE_STREAM}
+    return attrs
+
+
+def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *,
+                   indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
+                   device: str | torch.device = "cpu", dtype: str = "float32", shard_rows: int | None = None,
+                   attention: bool = False, progress: bool = True, patches_per_image: int | None = None,
+                   sample_seed: int = 0) -> Activations:
+    """Patch and prefix tokens of each image (square-resized to the backbone's input size).
+
+    ``indices`` selects dataset items (default: all, in order); ``shard_rows`` images per
+    shard (default: about 256 MiB per shard); ``attention=True`` also stores the designated
+    block's attention probabilities.  The backbone is moved to ``device`` if it has ``.to``.
+    ``patches_per_image=k`` stores only ``k`` distinct patch tokens per image, drawn from
+    ``(sample_seed, dataset index)`` (see :class:`PatchSample`); their grid positions are
+    ``Activations.patch_index``.  ``sample_seed`` is ignored when every patch is kept.
+    """
+    patch_sample = _patch_sample(backbone, patches_per_image, sample_seed, attention)
+    pre = backbone.preprocess
+    transform = {"op": "square_resize", "size": pre.image_size, "interpolation": pre.interpolation,
+                 "mean": list(pre.mean), "std": list(pre.std)}
+    entry = _run(backbone, dataset, store, kind="tokens", transform=transform,
+                 make_views=lambda images: {"": _stack_resized(images, pre.image_size, pre.interpolation)}, n_views=1,
+                 indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
+                 attention=attention, progress=progress, attrs=_token_attrs(backbone, patch_sample),
+                 patch_sample=patch_sample)
+    arrays = entry.arrays
+    patch_index = arrays.get("patch_index")
+    return Activations(key=entry.meta.key, entry=entry, grid=_expected_grid(backbone), tokens=arrays["tokens"],
+                       prefix=arrays["prefix"], image_index=np.asarray(arrays["image_index"][:]),
+                       attention=arrays.get("attention"),
+                       patch_index=None if patch_index is None else np.asarray(patch_index[:]))
+
+
+def scc_views(backbone: Backbone, shift: int) -> ViewMaker:
+    """Images -> ``{"_a": views A, "_b": views B}`` of ``scopebench.pipeline.scc.scc`` with the backbone's geometry."""
+    spec, pre = backbone.spec, backbone.preprocess
+
+    def make_views(images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        pairs = [scc(image, shift, patch_size=spec.patch_size, grid_side=spec.grid_side,
+                     interpolation=pre.interpolation) for image in images]
+        return {"_a": torch.stack([p.view_a for p in pairs]), "_b": torch.stack([p.view_b for p in pairs])}
+    return make_views
+
+
+def extract_scc_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, shift: int, *,
+                       indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
+                       device: str | torch.device = "cpu", dtype: str = "float32", shard_rows: int | None = None,
+                       attention: bool = False, progress: bool = True) -> SCCActivations:
+    """Tokens of SCC views A and B of each image (``scopebench.pipeline.scc.scc`` with the backbone's geometry)."""
+    spec, pre = backbone.spec, backbone.preprocess
+    overlap = overlap_index(spec.grid_side, shift)  # validates shift before any work
+    if spec.grid_side * spec.patch_size != pre.image_size:
+        raise ValueError(f"backbone {spec.name!r}: grid_side*patch_size={spec.grid_side * spec.patch_size} differs "
+                         f"from its input size {pre.image_size}; SCC views would not fit the model input")
+
+    make_views = scc_views(backbone, shift)
+    transform = {"op": "scc", "shift": shift, "patch_size": spec.patch_size, "grid_side": spec.grid_side,
+                 "interpolation": pre.interpolation, "mean": list(pre.mean), "std": list(pre.std)}
+    grid = _expected_grid(backbone)
+    entry = _run(backbone, dataset, store, kind=f"scc-s{shift}", transform=transform, make_views=make_views,
+                 n_views=2, indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
+                 attention=attention, progress=progress, attrs={"grid": asdict(grid), "shift": shift})
+    arrays = entry.arrays
+    return SCCActivations(key=entry.meta.key, entry=entry, grid=grid, shift=shift, overlap=overlap,
+                          tokens_a=arrays["tokens_a"], tokens_b=arrays["tokens_b"], prefix_a=arrays["prefix_a"],
+                          prefix_b=arrays["prefix_b"], image_index=np.asarray(arrays["image_index"][:]),
+                          attention_a=arrays.get("attention_a"), attention_b=arrays.get("attention_b"))

@@ -1,0 +1,1 @@
+"""The bench wiring: which images each stage uses, the scales (one config per analysis), the workbench."""

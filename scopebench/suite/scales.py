@@ -1,0 +1,85 @@
+"""How much data each bench stage uses: one scale for the planted default, one for real backbones.
+
+SAEBench-style split: a scale is the inputs' sizes (SAE training tokens, batch size) plus one
+config per analysis (``scopebench.analyses``); every analysis config is recorded beside the
+numbers it produced in the result files.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scopebench.analyses import (
+    ANALYSES, AnalysisConfig, AttentionEMDConfig, AwCDSConfig, CDSConfig, ReconstructionConfig, RemovalProbesConfig,
+)
+from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
+
+
+class BenchScale(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_images: int = Field(gt=0, description="images whose tokens train the SAE (the recipe's tokens_per_image "
+                                                "random patches each per epoch)")
+    train_patches_per_image: int | None = Field(
+        None, gt=0, description="tokens kept per training image at extraction; None = all (paper: 4 random patches)")
+    sae_overrides: dict[str, float | int] = Field(
+        default_factory=dict, description="recipe fields replaced for this scale (e.g. fewer tokens on the planted default)")
+    batch_size: int = Field(32, gt=0, description="images per forward pass at extraction")
+    reconstruction: ReconstructionConfig
+    cds: CDSConfig
+    awcds: AwCDSConfig = AwCDSConfig()
+    attention_emd: AttentionEMDConfig
+    removal_probes: RemovalProbesConfig
+
+    def analysis(self, name: str) -> AnalysisConfig:
+        """The config of analysis ``name`` at this scale."""
+        if name not in ANALYSES:
+            raise KeyError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}")
+        return getattr(self, name)
+
+    def updated(self, changes: dict[str, Any]) -> BenchScale:
+        """A validated copy with ``changes`` merged in, nested by analysis (``{"cds": {"images": 96}}``)."""
+        def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+            out = dict(base)
+            for key, value in new.items():
+                out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+                    else value
+            return out
+        return BenchScale.model_validate(merge(self.model_dump(), changes))
+
+
+# The embedded default: the planted backbone on synthetic scenes, a few minutes on 2 CPU cores.
+PLANTED_SCALE = BenchScale(
+    train_images=1200, sae_overrides={"expansion_factor": 8, "n_tokens": 500_000, "batch_size": 1024, "lr": 3e-3},
+    batch_size=64,
+    reconstruction=ReconstructionConfig(images=256),
+    cds=CDSConfig(images=160, k=8),
+    attention_emd=AttentionEMDConfig(images=24),
+    removal_probes=RemovalProbesConfig(
+        train_images=256, val_images=64, test_images=128, task_images={"cls": (1024, 256, 512)}, dense_target_size=28,
+        classification=ClassificationConfig(epochs=30, trials=2, batch_size=64),
+        segmentation=SegmentationConfig(epochs=6, trials=2, batch_size=32, ignore_index=-1),
+        # 6 epochs left the depth probe far from converged (RMSE 1.1 vs 0.6 at 20 epochs)
+        depth=DepthConfig(epochs=20, trials=2, batch_size=32, min_depth=0.5, max_depth=12.0)),
+)
+
+# Real backbones (a GPU runner): the paper's analysis sizes; probe epochs/trials are the paper's.
+# SAEs train on 4 random patch tokens of every ImageNet-1K training image, as in the paper:
+# 5.1M tokens, 1,251 steps of the recipes' 4,096-token batches.  Only those 4 tokens per image
+# are stored: 16-31 GB in float32 (d 768-1536); all 196-576 would take 49-144x more.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+PAPER_SCALE = BenchScale(
+    train_images=IMAGENET_TRAIN_IMAGES, train_patches_per_image=4, batch_size=32,
+    reconstruction=ReconstructionConfig(images=5_000),
+    cds=CDSConfig(images=1_000, k=10),
+    attention_emd=AttentionEMDConfig(images=1_000),
+    # validation is held out of each task's training split; test is its evaluation split:
+    # ImageNet val (50,000), ADE20K validation (2,000), NYUd test (654, the labelled split)
+    removal_probes=RemovalProbesConfig(train_images=50_000, val_images=10_000, test_images=50_000,
+                                       task_images={"seg": (50_000, 1_000, 2_000), "depth": (50_000, 80, 654)}),
+)
+
+
+def scale_for(backbone: str) -> BenchScale:
+    return PLANTED_SCALE if backbone == "planted" else PAPER_SCALE
