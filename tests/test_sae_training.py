@@ -141,6 +141,26 @@ def test_resume_after_crash_equals_uninterrupted_run(planted, tmp_path, monkeypa
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("damage", ["truncate-json", "edit-tensors", "drop-field"])
+def test_damaged_training_state_is_named_not_resumed_from(planted, tmp_path, damage):
+    """The resumable state is checksummed too: a damaged one is refused with the folder and the fix."""
+    tokens = planted[0][:100]
+    train_sae(dict(SMALL, epochs=4), tokens, seed=1, checkpoint_dir=tmp_path, progress=False, max_steps=5)
+    state = tmp_path / "train_state"
+    if damage == "truncate-json":
+        (state / "state.json").write_text((state / "state.json").read_text()[:40])
+    elif damage == "edit-tensors":
+        raw = bytearray((state / "state.safetensors").read_bytes())
+        raw[-5] ^= 0x01
+        (state / "state.safetensors").write_bytes(bytes(raw))
+    else:
+        meta = json.loads((state / "state.json").read_text())
+        del meta["state_sha256"]
+        (state / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"training state in .*train_state is damaged .*delete that folder"):
+        train_sae(dict(SMALL, epochs=4), tokens, seed=1, checkpoint_dir=tmp_path, progress=False)
+
+
 def test_max_steps_stops_resumably(planted, tmp_path):
     tokens = planted[0][:100]
     full = train_sae(SMALL, tokens, seed=2, progress=False)

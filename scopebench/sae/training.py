@@ -1,6 +1,7 @@
 """Training an SAE on cached patch tokens: seeded, resumable, logged."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ TRAINER_VERSION = 3  # 2: BatchTopK threshold calibrated after training; 3: smal
 SAE_DIR = "sae"
 LOSS_LOG_FILE = "loss_log.json"
 STATE_DIR = "train_state"
+STATE_TENSORS = "state.safetensors"
 _SCALE_SAMPLE = 8192
 
 
@@ -80,20 +82,39 @@ def _save_state(path: Path, sae: DictionarySAE, opt: torch.optim.Optimizer, run:
     write_folder_atomic(
         path,
         {
-            "state.safetensors": lambda f: save_file(tensors, str(f)),
-            "state.json": lambda f: f.write_text(json.dumps(meta)),
+            STATE_TENSORS: lambda f: save_file(tensors, str(f)),
+            # written second: it records the sha256 of the tensors file beside it
+            "state.json": lambda f: f.write_text(json.dumps({**meta, "state_sha256": _sha256(f.parent / STATE_TENSORS)})),
         },
     )
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _damaged(path: Path, problem: str) -> ValueError:
+    return ValueError(f"training state in {path} is damaged ({problem}); delete that folder to train again from "
+                      "step 0 (training is seeded, so the SAE comes out the same)")
+
+
 def _load_state(path: Path, sae: DictionarySAE, opt: torch.optim.Optimizer, fingerprint: dict) -> _RunState:
-    meta = json.loads((path / "state.json").read_text())
+    """The resumable state, checked first: JSON, its fields, and the sha256 of the tensors file it records."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        fields = {"fingerprint", "step", "scale", "param_groups", "loss_log", "state_sha256"}
+        if not isinstance(meta, dict) or not fields <= set(meta):
+            raise ValueError(f"state.json lacks {sorted(fields - set(meta if isinstance(meta, dict) else {}))}")
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise _damaged(path, f"state.json: {err}") from None
+    if not (path / STATE_TENSORS).is_file() or _sha256(path / STATE_TENSORS) != meta["state_sha256"]:
+        raise _damaged(path, f"{STATE_TENSORS} is missing or its sha256 does not match state.json")
     if meta["fingerprint"] != fingerprint:
         raise ValueError(
             f"training state in {path} was made by a different run (recipe, seed, token shape or step count differ); "
             "use another checkpoint_dir or pass resume=False to start over"
         )
-    tensors = read_safetensors(path / "state.safetensors")
+    tensors = read_safetensors(path / STATE_TENSORS)
     sae.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_states: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
