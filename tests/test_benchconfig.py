@@ -103,7 +103,7 @@ def test_a_training_split_too_small_for_the_validation_part_is_an_error_naming_t
 @pytest.mark.parametrize("recipe_name", ["batchtopk", "topk", "relu", "jumprelu", "matryoshka"])
 def test_every_baseline_trains_well_past_its_warmup_at_both_scales(scale_name: str, recipe_name: str) -> None:
     """Counted by hand from the scale: at paper scale the SAEs once had 97 steps for a 100-step warmup."""
-    from scopebench import benchconfig
+    from scopebench.suite import scales as benchconfig
     from scopebench.sae.recipe import load_recipe
 
     scale = getattr(benchconfig, scale_name)
