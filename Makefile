@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf faults install clean
+.PHONY: test bench perf faults regression install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk
+
+# Regression mode on the planted default against the committed baseline (bench/baseline): every quantity
+# within its seed-spread tolerance, no claim verdict flipped. Results go to a temporary folder.
+regression: $(STAMP)
+	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk --no-progress \
+		--results-dir "$$(mktemp -d)" --baseline bench/baseline
 
 perf: $(STAMP)
 	$(PY) -m pytest bench/perf -q --benchmark-enable --benchmark-only

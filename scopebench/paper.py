@@ -10,6 +10,10 @@ from __future__ import annotations
 from scopebench.keys import indexed
 
 
+#: Active latents per token of the paper's SAEs (BatchTopK ``k``): the sparsity every SAE is compared at
+#: (ReLU / JumpReLU calibrate their penalty to it, the leaderboard flags rows far from it).
+PAPER_K = 30
+
 _T6 = ("fvu_a", "fvu_o", "l0_a", "l0_o", "cs_a", "cs_o")
 _T6_ROWS = {
     "clip-b16": (0.099, 0.021, 30.201, 13.064, 0.923, 0.998),

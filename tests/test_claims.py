@@ -224,11 +224,12 @@ def test_bad_claim_definitions_are_refused() -> None:
 def test_check_all_evaluates_every_claim_of_an_output_and_only_those() -> None:
     """One call per output: the claims of its analysis, on its backbone, whose quantities it holds."""
     output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.8)
-    found = {claim.id: verdict for claim, verdict in check_all("reconstruction", output, "dinov2-b", "topk")}
+    found = {claim.id: verdict for claim, verdict in check_all("reconstruction", output, "dinov2-b")}
     assert found.keys() == {"table6.outliers-reconstructed-better", "table6.outliers-cosine-higher"}
     assert found["table6.outliers-reconstructed-better"].passed and not found["table6.outliers-cosine-higher"].passed
-    assert found["table6.outliers-reconstructed-better"].exemption is not None  # topk is exempt from this one
-    assert found["table6.outliers-cosine-higher"].exemption is None
+    assert found["table6.outliers-cosine-higher"].fails_run  # verify mode: a failure fails the run
+    scored = dict((c.id, v) for c, v in check_all("reconstruction", output, "dinov2-b", asserted=False))
+    assert not scored["table6.outliers-cosine-higher"].passed and not scored["table6.outliers-cosine-higher"].fails_run
     assert [c.id for c in claims_for("reconstruction", "dinov2-b", {"fvu_a": 0.1, "fvu_o": 0.2})] == [
         "table6.outliers-reconstructed-better"]
     assert claims_for("cds", "dinov2-b", {"n_low": 1.0, "n_high": 2.0}) == []  # Table 4's claim is CLIP-only

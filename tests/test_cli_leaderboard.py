@@ -33,7 +33,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_text_table_holds_the_result_values(results, capsys):
-    code, out, _ = _cli(capsys, "leaderboard", "--results-dir", str(results))
+    code, out, _ = _cli(capsys, "leaderboard", "--results-dir", str(results), "--width", "0")
     assert code == 0
     rows = parse_table(out, "backbone")
     assert [(r["backbone"], r["SAE"]) for r in rows] == [("clip-b16", "topk"), ("dinov2-b", "topk"),
@@ -42,7 +42,7 @@ def test_text_table_holds_the_result_values(results, capsys):
     assert float(clip["Δseg lo"]) == pytest.approx(11.65 - 25.87, abs=1e-3) and clip["n_low/n_high"] == "17329/7247"
     assert clip["FVU_A"] == "–" and clip["claims"] == "–"
     assert (topk["FVU_A"], topk["FVU_O"], topk["claims"]) == ("0.05", "0.001", "2/2")
-    assert (relu["FVU_A"], relu["dead %"], relu["claims"]) == ("0.08", "12.5", "1/2")
+    assert (relu["FVU_A"], relu["dead %"], relu["claims"]) == ("0.08", "12.5", "1/2 (not: c1)")
 
 
 def test_markdown_andwrite_result(results, tmp_path, capsys):

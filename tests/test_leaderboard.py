@@ -47,7 +47,7 @@ def test_values_and_derived_columns(results: Path) -> None:
     assert clip["Δdepth lo"] == pytest.approx(0.9481 - 0.8841)
     assert math.isnan(clip["Δseg hi"]) and clip["n_low/n_high"] == "17329/7247"
     relu = frame.loc[("dinov2-b", "relu")]
-    assert math.isnan(relu["FVU_O"]) and relu["dead %"] == 12.5 and relu["claims"] == "1/2"
+    assert math.isnan(relu["FVU_O"]) and relu["dead %"] == 12.5 and relu["claims"] == "1/2 (not: table6.a)"
     assert frame.loc[("dinov2-b", "topk")]["claims"] == "2/2"
     # the backbone-level record has no row of its own; its columns appear on every SAE row of that backbone
     assert all(frame.loc[("dinov2-b", sae)]["EMD out (s=1)"] == 6.5 for sae in ("topk", "relu", "matryoshka"))
@@ -57,8 +57,11 @@ def test_values_and_derived_columns(results: Path) -> None:
 def test_text_and_markdown_rendering(results: Path) -> None:
     frame = build_frame(load_results(results))
     text = render_text(frame)
-    relu_line = next(line for line in text.splitlines() if " relu " in line)
-    assert "0.08" in relu_line and "12.5" in relu_line and "1/2" in relu_line and "–" in relu_line
+    assert max(len(line) for line in text.splitlines()) <= 120  # columns split into blocks that fit a terminal
+    relu = " ".join(line for line in text.splitlines() if " relu " in line).split()
+    assert "0.08" in relu and "12.5" in relu and "1/2" in relu and "–" in relu
+    assert all(line.split()[:2] == ["backbone", "SAE"] for line in text.splitlines() if "FVU" in line or "Δ" in line)
+    assert render_text(frame, width=10_000).count("\n\n") == 0  # a wide terminal gets one block
     markdown = render_markdown(frame)
     sections = [line for line in markdown.splitlines() if line.startswith("## ")]
     assert sections == ["## clip-b16", "## dinov2-b", "## my-vit"]

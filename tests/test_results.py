@@ -14,6 +14,7 @@ from scopebench.analyses import ANALYSES, AttentionEMDOutput, ReconstructionOutp
 from scopebench.analyses.attention_emd.output import ShiftEMD
 from scopebench.results.records import (
     AnalysisRecord, BackboneInfo, ClaimVerdict, DatasetInfo, Environment, ResultFileError, ResultRecord, SAEInfo,
+    TakenName,
     collect_environment, load_result, merge_results, output_json, result_path, save_merged, write_result,
 )
 
@@ -134,14 +135,24 @@ def test_attention_at_more_shifts_merges_into_the_backbone_record(tmp_path: Path
         "attn_emd_out[s=3]": 7.0, "attn_emd_non[s=3]": 0.7}
 
 
-def test_merge_drops_results_of_another_checkpoint() -> None:
+def test_another_model_under_the_same_name_is_refused_unless_replaced(tmp_path: Path) -> None:
     old = _record({"fvu_o": 0.1}, sha="old")
     new = _record({"fvu_a": 0.15}, sha="new")
-    assert merge_results(old, new).output("reconstruction").fvu_o is None
+    with pytest.raises(TakenName, match="planted/topk-32 is already taken by another model .*--replace"):
+        merge_results(old, new)
     unpinned = _record({"fvu_o": 0.1}, sha=None)  # written before weights were hashed
-    assert merge_results(unpinned, new).output("reconstruction").fvu_o is None
+    with pytest.raises(TakenName):
+        merge_results(unpinned, new)
     reconfigured = new.model_copy(update={"sae": SAEInfo(name="topk-32", config={"k": 64})})
-    assert merge_results(_record({"fvu_o": 0.1}, sha=None), reconfigured).output("reconstruction").fvu_o is None
+    with pytest.raises(TakenName):
+        merge_results(_record({"fvu_o": 0.1}, sha=None), reconfigured)
+    path, _ = save_merged(old, tmp_path)
+    with pytest.raises(TakenName):
+        save_merged(new, tmp_path)
+    assert load_result(path).sae.checkpoint_sha256 == "old"
+    path, note = save_merged(new, tmp_path, replace=True)
+    assert load_result(path).sae.checkpoint_sha256 == "new" and "kept as planted__topk-32.json.replaced-0" in note
+    assert load_result(tmp_path / "planted__topk-32.json.replaced-0").sae.checkpoint_sha256 == "old"
 
 
 def test_version_1_files_are_upgraded_quantity_by_quantity(tmp_path: Path) -> None:

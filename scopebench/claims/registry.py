@@ -53,12 +53,13 @@ class Verdict(BaseModel):
 
     passed: bool
     detail: str
-    exemption: str | None = None  # why the SAE it was checked on need not satisfy the claim
+    # verify mode (the SAE under test, or a backbone-level claim): a failure fails the run;
+    # leaderboard mode (every other SAE): the verdict is recorded and shown, never asserted
+    asserted: bool = True
 
     @property
-    def expected_failure(self) -> bool:
-        """Failed, on an SAE the claim exempts: reported (XFAIL), not a failing run."""
-        return not self.passed and self.exemption is not None
+    def fails_run(self) -> bool:
+        return self.asserted and not self.passed
 
 
 class Claim(BaseModel):
@@ -75,10 +76,6 @@ class Claim(BaseModel):
     relation: Relation
     tolerance: float = 0.0
     paper_values: dict[str, dict[str, float]] = {}  # backbone -> quantity key -> value
-    # SAE variant -> why the paper's claim is not expected of it (a mechanism, not a measured
-    # outcome).  Its verdict is still computed, shown and stored; a failure is an expected
-    # failure (pytest xfail, "XFAIL" in the claims table) that does not fail the run, a pass a PASS.
-    exempt_saes: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _known_quantities(self) -> Claim:
@@ -112,12 +109,12 @@ def _paper_subset(table: str, relation: Relation) -> dict[str, dict[str, float]]
 
 
 def _claim(id: str, source: str, analysis: str, statement: str, backbones: tuple[str, ...], relation: Relation,
-           tolerance: float = 0.0, exempt_saes: dict[str, str] | None = None) -> Claim:
+           tolerance: float = 0.0) -> Claim:
     """A claim on ``backbones`` and on the planted instrument, which is built to show every phenomenon."""
     table = id.split(".", 1)[0]
     return Claim(id=id, source=source, table=table, analysis=analysis, statement=statement,
                  backbones=backbones + (PLANTED,), relation=relation, tolerance=tolerance,
-                 paper_values=_paper_subset(table, relation), exempt_saes=exempt_saes or {})
+                 paper_values=_paper_subset(table, relation))
 
 
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
@@ -128,10 +125,7 @@ _OTHERS = tuple(n for n in _ALL_REAL if n not in _CLIP)
 CLAIMS: tuple[Claim, ...] = (
     _claim("table6.outliers-reconstructed-better", "Table 6", "reconstruction",
            "The SAE reconstructs outlier tokens with no more unexplained variance than tokens overall.",
-           _ALL_REAL, Relation(a="fvu_o", op="<=", b="fvu_a"),
-           exempt_saes={"topk": "TopK gives every token exactly k latents, so the few high-norm outlier tokens "
-                                "get no more capacity than any other token; the paper's BatchTopK selects the "
-                                "top k x batch activations across the batch and lets outliers take more"}),
+           _ALL_REAL, Relation(a="fvu_o", op="<=", b="fvu_a")),
     _claim("table6.outliers-cosine-higher", "Table 6", "reconstruction",
            "Reconstructions of outlier tokens point in the token's direction at least as well as for all tokens.",
            _ALL_REAL, Relation(a="cs_o", op=">=", b="cs_a")),
@@ -240,10 +234,11 @@ def claims_for(analysis: str, backbone: str, measured: Mapping[str, float]) -> l
     return [c for c in CLAIMS if c.analysis == analysis and c.applies_to(backbone) and _measurable(c.relation, measured)]
 
 
-def check_all(analysis: str, output: AnalysisOutput, backbone: str, sae: str | None) -> list[tuple[Claim, Verdict]]:
-    """Every claim that applies to one analysis output, evaluated (an SAE the claim exempts gets its exemption)."""
+def check_all(analysis: str, output: AnalysisOutput, backbone: str, *, asserted: bool = True
+              ) -> list[tuple[Claim, Verdict]]:
+    """Every claim that applies to one analysis output, evaluated; ``asserted`` False scores them (leaderboard mode)."""
     measured = output.quantities()
-    return [(claim, evaluate(claim, measured).model_copy(update={"exemption": claim.exempt_saes.get(sae or "")}))
+    return [(claim, evaluate(claim, measured).model_copy(update={"asserted": asserted}))
             for claim in claims_for(analysis, backbone, measured)]
 
 

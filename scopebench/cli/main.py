@@ -20,6 +20,8 @@ from scopebench.cli.claims import register_claims
 from scopebench.cli.leaderboard import register_leaderboard
 from scopebench.cli.quantities import register_quantities
 from scopebench.cli.recipes import register_recipes
+from scopebench.cli.regression import register_regression
+from scopebench.cli.submit import register_submit
 from scopebench.cli.weights import register_weights
 
 
@@ -201,7 +203,7 @@ def register_cache(subparsers: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_backbones, register_weights, register_claims, register_recipes, register_leaderboard, register_quantities,
-    register_cache,
+    register_regression, register_submit, register_cache,
 ]
 
 

@@ -95,6 +95,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sae-recipes", default=",".join(DEFAULT_RECIPES), metavar="LIST",
            help="comma-separated baseline recipes (see `scopebench recipes`) to train and evaluate "
                 "(empty: only --sae checkpoints)"),
+    Option("--paper-sae", default="batchtopk", metavar="NAME",
+           help="the SAE under test (verify mode): the paper's claims are asserted for it and a failed claim "
+                "fails the run; every other SAE is scored (leaderboard mode): its claims are recorded, not "
+                "asserted (default: the paper's BatchTopK recipe)"),
+    Option("--seed", type=int, default=0, metavar="N",
+           help="seed of baseline SAE training (seed-to-seed spread sets the regression tolerances)"),
     Option("--data-root", type=Path, metavar="DIR",
            help="root of the real datasets (imagenet/, ade20k/, nyud/); default $SCOPEBENCH_DATA"),
     Option("--propagate", action="store_true",
@@ -107,6 +113,14 @@ OPTIONS: tuple[Option, ...] = (
                 f"holding a pyproject.toml, pytest.ini, tox.ini or setup.cfg); a relative DIR is relative to the "
                 f"current folder"),
     Option("--no-results", action="store_true", help="print the claims table but write no result files"),
+    Option("--replace", action="store_true",
+           help="let a different model (other weights or config) replace a result file under a taken name; the "
+                "old file is kept as <name>.replaced-<n> (without this, such a result is refused)"),
+    Option("--baseline", type=Path, metavar="DIR",
+           help="regression mode: compare every quantity and claim verdict with the result files in DIR (same "
+                "backbone, SAE and weights) and fail on drift beyond a quantity's tolerance or any verdict flip"),
+    Option("--update-baseline", action="store_true",
+           help="with --baseline: write this run's result files to DIR as the new baseline instead of comparing"),
     Option("--plots-dir", type=Path, metavar="DIR",
            help=f"where figures are written (default: {PLOTS_SUBDIR} in the project root)"),
     Option("--no-progress", action="store_true", help="hide progress bars"),

@@ -10,6 +10,7 @@ analyses that need no SAE; ``--results-dir``, default ``leaderboard/results`` in
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from tabulate import tabulate
 
-from scopebench.claims.registry import Claim, Verdict, check_all, get_claim
+from scopebench.claims.registry import Claim, Verdict, check_all
 from scopebench.keys import base_name
 from scopebench.results.leaderboard import build_frame, load_results, render_text
 from scopebench.paper import paper_values
@@ -26,8 +27,9 @@ from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
 from scopebench.results.records import (
     AnalysisRecord, AnalysisResult, BackboneInfo, ClaimVerdict, ResultRecord, SAEInfo, collect_environment,
-    merge_analysis, result_path, save_merged,
+    TakenName, merge_analysis, result_path, save_merged,
 )
+from scopebench.results.regression import run_regression
 
 FIXTURE_NAME = "claim_report"
 
@@ -42,7 +44,7 @@ class CaseRow:
     sae: str
     measured: dict[str, float]
     paper: dict[str, float]
-    verdict: str  # PASS / FAIL / XFAIL (failed, exempt SAE) / SKIP / "measured"
+    verdict: str  # PASS / FAIL (asserted: the SAE under test), held / missed (scored, leaderboard mode), SKIP
     detail: str = ""
 
 
@@ -70,6 +72,8 @@ class SessionClaims:
     rows: list[CaseRow] = field(default_factory=list)
     pending: dict[tuple[str, str | None], PendingResult] = field(default_factory=dict)
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # nodeid -> (outcome, reason)
+    messages: list[tuple[str, str]] = field(default_factory=list)  # written results, refusals, regression report
+    refused: bool = False  # a result was refused or regressed: the run fails
 
 
 SESSION_KEY = pytest.StashKey[SessionClaims]()
@@ -78,9 +82,10 @@ SESSION_KEY = pytest.StashKey[SessionClaims]()
 class ClaimReport:
     """Per-test recorder handed out by the ``claim_report`` fixture."""
 
-    def __init__(self, session: SessionClaims, nodeid: str) -> None:
+    def __init__(self, session: SessionClaims, nodeid: str, paper_sae: str) -> None:
         self._session = session
         self._nodeid = nodeid
+        self._paper_sae = paper_sae
 
     def record(self, result: AnalysisResult) -> list[Verdict]:
         """Record one analysis result and evaluate every claim that applies to it (one call per output).
@@ -93,20 +98,16 @@ class ClaimReport:
         pending = self._session.pending.setdefault(key, PendingResult(result.backbone, result.sae))
         pending.add(result)
         measured = result.output.quantities()
-        checked = check_all(result.analysis, result.output, backbone, sae)
-        shown = {k for claim, _ in checked for k in measured if base_name(k) in claim.quantities
-                 or k in claim.quantities}
+        # verify mode for the SAE under test and for backbone-level claims; leaderboard mode for every other SAE
+        asserted = sae is None or sae == self._paper_sae
         paper = paper_values(backbone, measured)
-        row = {k: v for k, v in measured.items() if k in shown or k in paper}
-        self._session.rows.append(CaseRow(self._nodeid, f"{result.analysis} (measured)", backbone, sae or "-", row,
-                                          {k: paper[k] for k in row if k in paper}, "measured"))
         verdicts = []
-        for claim, verdict in checked:
+        for claim, verdict in check_all(result.analysis, result.output, backbone, asserted=asserted):
             values = {k: measured[k] for k in _compared(claim, measured)}
             compared_paper = {k: paper[k] for k in values if k in paper}
             pending.claims[claim.id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
-                                                    measured=values, paper=compared_paper, exemption=verdict.exemption)
-            label = "PASS" if verdict.passed else "XFAIL" if verdict.expected_failure else "FAIL"
+                                                    measured=values, paper=compared_paper, asserted=asserted)
+            label = ("PASS" if verdict.passed else "FAIL") if asserted else ("held" if verdict.passed else "missed")
             self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
                                               label, verdict.detail))
             verdicts.append(verdict)
@@ -114,15 +115,9 @@ class ClaimReport:
 
     @staticmethod
     def assert_held(*verdicts: Verdict) -> None:
-        """Fail the case on any claim that did not hold, unless the claim exempts this SAE.
-
-        Only exempted failures: the case ends as an expected failure (pytest xfail) naming why.
-        """
-        failed = [v.detail for v in verdicts if not v.passed and not v.expected_failure]
+        """Fail the case on any asserted claim that did not hold (scored ones are only recorded)."""
+        failed = [v.detail for v in verdicts if v.fails_run]
         assert not failed, "; ".join(failed)
-        excused = [v for v in verdicts if v.expected_failure]
-        if excused:
-            pytest.xfail("; ".join(f"{v.detail} (not expected of this SAE: {v.exemption})" for v in excused))
 
 
 def _compared(claim: Claim, measured: Mapping[str, float]) -> list[str]:
@@ -142,7 +137,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def claim_report(request: pytest.FixtureRequest) -> ClaimReport:
     """Record measurements and claim verdicts of a bench case for the summary and the result files."""
-    return ClaimReport(request.config.stash[SESSION_KEY], request.node.nodeid)
+    return ClaimReport(request.config.stash[SESSION_KEY], request.node.nodeid,
+                       request.config.getoption("paper_sae"))
 
 
 def _reason(report: pytest.TestReport) -> str:
@@ -169,32 +165,42 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 
 
 def _finalise_rows(session: SessionClaims) -> list[CaseRow]:
-    """Apply test outcomes: a failed test fails its rows without a claim verdict of their own
-    (a claim that held keeps its PASS when a sibling claim of the same case fails); a case
-    with no rows gets one."""
-    rows = []
+    """Apply test outcomes: a case that failed or skipped before recording a verdict gets one row."""
     recorded = {row.nodeid for row in session.rows}
-    for row in session.rows:
-        outcome, reason = session.outcomes.get(row.nodeid, ("passed", ""))
-        if outcome == "failed" and row.verdict not in ("PASS", "FAIL"):
-            row = replace(row, verdict="FAIL", detail=f"test failed: {reason}")
-        rows.append(row)
+    rows = list(session.rows)
     for nodeid, (outcome, reason) in session.outcomes.items():
         if nodeid not in recorded:
             verdict = {"failed": "FAIL", "skipped": "SKIP"}.get(outcome, "PASS")
-            rows.append(CaseRow(nodeid, "-", "-", "-", {}, {}, verdict, reason or "recorded nothing"))
+            rows.append(CaseRow(nodeid, nodeid.rsplit("::", 1)[-1], "-", "-", {}, {}, verdict,
+                                reason or "recorded nothing"))
     return rows
 
 
-def _fmt_values(values: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in values.items()) or "-"
+def _fmt_values(values: Mapping[str, float], paper: Mapping[str, float]) -> str:
+    """``name=value``, with the paper's value in brackets where it gives one."""
+    return " ".join(f"{k}={v:.4g}" + (f" ({paper[k]:.4g})" if k in paper else "") for k, v in values.items())
 
 
-def render_rows(rows: list[CaseRow]) -> str:
-    table = [[row.nodeid.rsplit("::", 1)[-1], row.claim, row.backbone, row.sae, _fmt_values(row.measured),
-              _fmt_values(row.paper), row.verdict] for row in rows]
-    return tabulate(table, headers=["case", "claim", "backbone", "SAE", "measured", "paper", "verdict"],
-                    tablefmt="simple", disable_numparse=True)
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+#: the claims table's fixed columns and the widest each may get (then measured (paper) in what is left)
+_COLUMNS = (("verdict", 6), ("claim", 45), ("backbone", 12), ("SAE", 16))
+
+
+def render_rows(rows: list[CaseRow], width: int = 120) -> str:
+    """One line per (claim, backbone, SAE), verdict first, at most ``width`` characters (full detail is in the
+    result files): the compared values, each with the paper's in brackets where it gives one."""
+    cells = [[row.verdict, row.claim, row.backbone, row.sae] for row in rows]
+    widths = [min(cap, max([len(name)] + [len(c[i]) for c in cells])) for i, (name, cap) in enumerate(_COLUMNS)]
+    rest = width - sum(w + 2 for w in widths)
+    lines = ["  ".join(name.ljust(w) for (name, _), w in zip(_COLUMNS, widths)) + "  measured (paper)",
+             "  ".join("-" * w for w in widths) + "  " + "-" * (rest - 2)]
+    for row, cell in zip(rows, cells):
+        values = _fmt_values(row.measured, row.paper) or row.detail
+        lines.append("  ".join(_fit(c, w).ljust(w) for c, w in zip(cell, widths)) + "  " + _fit(values, rest - 2))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _records(session: SessionClaims, repo_dir: Path) -> list[ResultRecord]:
@@ -263,17 +269,52 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         _merge_worker_session(node.config.stash[SESSION_KEY], text)
 
 
-def _save(session: SessionClaims, results_dir: Path, repo_dir: Path, terminalreporter: Any) -> None:
-    """Write every record of the session; one that cannot be written is named, the others still land."""
-    for record in _records(session, repo_dir):
+def _save(session: SessionClaims, config: pytest.Config) -> list[tuple[str, str]]:
+    """Write every record of the session; one that cannot be written is named, the others still land.
+
+    Returns the lines to show (text, colour); a refused record (another model under a taken name)
+    fails the run.
+    """
+    lines, replace_ok = [], config.getoption("replace")
+    for record in _records(session, config.rootpath):
         try:
-            path, note = save_merged(record, results_dir)
-        except (OSError, ValueError) as exc:
-            terminalreporter.write_line(f"scopebench: results of {record.label} not written: {exc}", red=True)
+            path, note = save_merged(record, results_dir_of(config), replace=replace_ok)
+        except TakenName as exc:
+            lines.append((f"scopebench: {exc}", "red"))
+            session.refused = True
             continue
-        terminalreporter.write_line(f"scopebench: wrote {path}")
+        except (OSError, ValueError) as exc:
+            lines.append((f"scopebench: results of {record.label} not written: {exc}", "red"))
+            continue
+        lines.append((f"scopebench: wrote {path}", ""))
         if note:
-            terminalreporter.write_line(f"scopebench: {note}", yellow=True)
+            lines.append((f"scopebench: {note}", "yellow"))
+    return lines
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Hand a pytest-xdist worker's claims to the controller; on the controller (or without xdist) write the
+    results and compare them with a regression baseline, failing the run on a refusal or a regression."""
+    config = session.config
+    claims = config.stash.get(SESSION_KEY, None)
+    workeroutput = getattr(config, "workeroutput", None)
+    if claims is None:
+        return
+    if workeroutput is not None:
+        workeroutput[_WORKER_OUTPUT] = _session_to_json(claims)
+        return
+    if not claims.pending or config.getoption("no_results"):
+        return
+    claims.messages = _save(claims, config)
+    baseline = config.getoption("baseline")
+    if baseline is not None:
+        passed, text = run_regression(claims.pending.values(), results_dir_of(config), Path(baseline),
+                                      update=config.getoption("update_baseline"))
+        claims.messages.append((text, "" if passed else "red"))
+        claims.refused = claims.refused or not passed
+    if claims.refused and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -285,17 +326,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line(render_rows(rows))
     for row in rows:
         if row.verdict == "FAIL":
-            terminalreporter.write_line(f"FAIL {row.nodeid} [{row.claim}]: {row.detail}", red=True)
-        elif row.verdict == "XFAIL":
-            reason = get_claim(row.claim).exempt_saes[row.sae]
-            terminalreporter.write_line(f"XFAIL {row.nodeid} [{row.claim}]: {row.detail}; not expected of "
-                                        f"{row.sae}: {reason}", yellow=True)
+            terminalreporter.write_line(textwrap.fill(f"FAIL {row.nodeid} [{row.claim}]: {row.detail}", 120,
+                                                      subsequent_indent="    "), red=True)
+    for text, colour in session.messages:
+        terminalreporter.write_line(text, **({colour: True} if colour else {}))
     if config.getoption("no_results") or not session.pending:
         return
-    results_dir = results_dir_of(config)
-    _save(session, results_dir, config.rootpath, terminalreporter)
     problems: list[str] = []
-    frame = build_frame(load_results(results_dir, problems))
+    frame = build_frame(load_results(results_dir_of(config), problems))
     for problem in problems:
         terminalreporter.write_line(f"scopebench: left out of the leaderboard: {problem}", red=True)
     terminalreporter.section("scopebench leaderboard")

@@ -9,18 +9,19 @@ import pandas as pd
 from tabulate import tabulate
 
 from scopebench.backbones.registry import REGISTRY
-from scopebench.analyses import ANALYSES
-from scopebench.keys import indexed
+from scopebench.analyses import ANALYSES, quantity_catalogue
+from scopebench.keys import base_name, index_of, indexed
+from scopebench.paper import PAPER_K, PAPER_TABLES, paper_values
 from scopebench.atomic import write_text_atomic
 from scopebench.results.records import ResultFileError, ResultRecord, load_result
 
 def _claims(record: ResultRecord | None) -> str:
-    """Claims held / checked, plus how many of the failures the claims exempt this SAE from."""
+    """Claims held / checked, then the ids of those that did not hold (table and short name)."""
     if record is None or not record.claims:
         return ""
     held = sum(v.passed for v in record.claims.values())
-    expected = sum(not v.passed and v.exemption is not None for v in record.claims.values())
-    return f"{held}/{len(record.claims)}" + (f" ({expected} xfail)" if expected else "")
+    missed = [cid for cid, v in sorted(record.claims.items()) if not v.passed]
+    return f"{held}/{len(record.claims)}" + (f" (not: {', '.join(missed)})" if missed else "")
 
 
 Reader = Callable[[dict[str, float]], object]
@@ -92,20 +93,53 @@ def build_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
     return frame.drop(columns="_bb").reset_index(drop=True)
 
 
+#: Relative distance of L0_A from the paper's k (``PAPER_K``) beyond which a row is not at matched sparsity.
+L0_TOLERANCE = 0.2
+#: Appended to the L0_A cell of such a row in the text and Markdown tables.
+L0_FLAG = "!"
+
+
+def l0_off_target(l0: object) -> bool:
+    """True when an L0_A value is more than ``L0_TOLERANCE`` (relative) away from ``PAPER_K``: that SAE is not
+    compared at matched sparsity, and its L0_A cell is rendered with a trailing ``L0_FLAG``."""
+    return isinstance(l0, (int, float)) and math.isfinite(l0) and abs(l0 - PAPER_K) / PAPER_K > L0_TOLERANCE
+
+
 def _cells(frame: pd.DataFrame) -> list[list[str]]:
     def fmt(value: object) -> str:
         if isinstance(value, float):
             return "–" if math.isnan(value) else f"{value:.4g}"
         return str(value) if value != "" else "–"
 
-    return [[fmt(v) for v in row] for row in frame.itertuples(index=False)]
+    flagged = {i for i, column in enumerate(frame.columns) if column == "L0_A"}
+    return [[fmt(v) + (L0_FLAG if i in flagged and l0_off_target(v) else "") for i, v in enumerate(row)]
+            for row in frame.itertuples(index=False)]
 
 
-def render_text(frame: pd.DataFrame) -> str:
-    """Plain-text table for the terminal."""
+TEXT_WIDTH = 120
+_KEYS = 2  # backbone and SAE start every block
+_CELL = 56  # longest cell of the terminal table (the claims column names what did not hold)
+
+
+def render_text(frame: pd.DataFrame, width: int = TEXT_WIDTH) -> str:
+    """Plain-text table for the terminal, its columns split into blocks of at most ``width`` characters, each
+    starting with the backbone and SAE (full values are in the result files and the Markdown/HTML pages)."""
     if frame.empty:
         return "(no results)"
-    return tabulate(_cells(frame), headers=list(frame.columns), tablefmt="simple", disable_numparse=True)
+    headers = list(frame.columns)
+    cells = [[c if len(c) <= _CELL else c[: _CELL - 1] + "…" for c in row] for row in _cells(frame)]
+
+    def table(columns: list[int]) -> str:
+        keys = [*range(_KEYS), *columns]
+        return tabulate([[row[i] for i in keys] for row in cells], headers=[headers[i] for i in keys],
+                        tablefmt="simple", disable_numparse=True)
+
+    blocks: list[list[int]] = [[]]
+    for column in range(_KEYS, len(headers)):  # greedy: a column opens a new block when it would not fit
+        if blocks[-1] and max(map(len, table([*blocks[-1], column]).splitlines())) > width:
+            blocks.append([])
+        blocks[-1].append(column)
+    return "\n\n".join(table(block) for block in blocks)
 
 
 def render_markdown(frame: pd.DataFrame) -> str:
@@ -113,6 +147,8 @@ def render_markdown(frame: pd.DataFrame) -> str:
     lines = ["# scopebench leaderboard", "",
              "One row per SAE; lower FVU is better. Δ columns: probe score with the feature group "
              "removed minus the original (accuracy/mIoU in points, depth RMSE in its unit). "
+             f"{L0_FLAG} after L0_A: more than {L0_TOLERANCE:.0%} away from the paper's k = {PAPER_K} "
+             "(not at matched sparsity). "
              "Definitions: docs/results-schema.md.", ""]
     if frame.empty:
         return "\n".join(lines + ["(no results)", ""])
@@ -128,3 +164,58 @@ def write_leaderboard(results_dir: Path, out_path: Path) -> Path:
     text = render_markdown(build_frame(load_results(results_dir)))
     write_text_atomic(Path(out_path), text)
     return Path(out_path)
+
+
+def write_csv(results_dir: Path, out_path: Path) -> Path:
+    """The rows of :func:`build_frame` for every result in ``results_dir`` as CSV at ``out_path`` (atomic)."""
+    write_text_atomic(Path(out_path), build_frame(load_results(results_dir)).to_csv(index=False))
+    return Path(out_path)
+
+
+def paper_quantities(backbone: str) -> dict[str, float]:
+    """Every quantity the paper reports for ``backbone``, keyed as the analysis outputs key them."""
+    return paper_values(backbone, {key for rows in PAPER_TABLES.values() for key in rows.get(backbone, {})})
+
+
+def paper_row(backbone: str) -> dict[str, object] | None:
+    """The paper's values in the leaderboard's columns (SAE "paper"), or None when it reports none of them."""
+    quantities = paper_quantities(backbone)
+    values = {column: _cell(read(quantities)) for column, (_, read) in COLUMNS.items()}
+    if all(isinstance(v, float) and math.isnan(v) for v in values.values()):
+        return None
+    return {"backbone": backbone, "SAE": "paper", **values, "claims": ""}
+
+
+class _ReadKeys(dict):
+    """Every quantity at 1.0, remembering the keys a derived column's reader asks for."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        super().__init__(dict.fromkeys(keys, 1.0))
+        self.read: list[str] = []
+
+    def __getitem__(self, key: str) -> float:
+        self.read.append(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: object = None) -> object:
+        self.read.append(key)
+        return super().get(key, default)
+
+
+def _quantity_text(key: str) -> str:
+    info = quantity_catalogue()[base_name(key)]
+    found = index_of(key)
+    return f"{info.description} ({info.unit}" + (f", {found[1]}={found[2]})" if found else ")")
+
+
+def column_descriptions() -> dict[str, str]:
+    """Leaderboard column -> what it shows, from the output models' field descriptions (the HTML hover titles)."""
+    keys = [indexed(q.name, 1) if q.name in ANALYSES[q.analysis].output.INDEXED_QUANTITIES else q.name
+            for q in quantity_catalogue().values()]
+    found = {"backbone": "backbone (registry name)", "SAE": "SAE variant (its result file's name)"}
+    for column, (_, read) in COLUMNS.items():
+        probe = _ReadKeys(keys)
+        read(probe)
+        texts = [f"{key}: {_quantity_text(key)}" for key in dict.fromkeys(probe.read)]
+        found[column] = texts[0].split(": ", 1)[1] if len(texts) == 1 else "from " + "; ".join(texts)
+    return {**found, "claims": (_claims.__doc__ or "").strip()}

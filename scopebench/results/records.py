@@ -76,7 +76,7 @@ class ClaimVerdict(BaseModel):
     source: str
     measured: dict[str, Measurement]
     paper: dict[str, float] = Field(default_factory=dict)
-    exemption: str | None = None  # why this SAE need not satisfy the claim (a failure is then expected)
+    asserted: bool = True  # False: scored in leaderboard mode (an SAE other than the one under test), not asserted
 
     @field_validator("measured", mode="before")
     @classmethod
@@ -181,6 +181,10 @@ def _clean_values(values: Any) -> Any:
     return cleaned
 
 
+class TakenName(ValueError):
+    """A result of another model (other weights or config) under a name that already has a file."""
+
+
 class ResultFileError(ValueError):
     """A result file that is missing, not JSON, or does not match the schema."""
 
@@ -278,8 +282,18 @@ def upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
         "schema_version": 2, "backbone": raw.get("backbone"), "sae": None if backbone_level else sae,
         "analyses": {name: {"config": configs.get(name, {}), "dataset": datasets.get(name), "output": output}
                      for name, output in outputs.items()},
-        "claims": raw.get("claims") or {}, "environment": raw.get("environment"), "upgraded_from": 1,
+        "claims": {cid: _upgrade_verdict(v) for cid, v in (raw.get("claims") or {}).items()},
+        "environment": raw.get("environment"), "upgraded_from": 1,
     }
+
+
+def _upgrade_verdict(verdict: Any) -> Any:
+    """v1 verdicts named an ``exemption`` (the SAE was not expected to hold the claim): now a scored verdict."""
+    if not isinstance(verdict, dict) or "exemption" not in verdict:
+        return verdict
+    verdict = dict(verdict)
+    asserted = verdict.pop("exemption") is None
+    return {**verdict, "asserted": asserted}
 
 
 def load_result(path: Path) -> ResultRecord:
@@ -339,7 +353,10 @@ def merge_results(old: ResultRecord, new: ResultRecord) -> ResultRecord:
     if (old.backbone.name, old_sae) != (new.backbone.name, new_sae):
         raise ValueError(f"cannot merge results of {old.label} into {new.label}")
     if not _same_model(old.sae, new.sae):
-        return new
+        raise TakenName(f"{new.label} is already taken by another model (weights sha256 "
+                        f"{(old.sae.checkpoint_sha256 or '?')[:12]}, now {(new.sae.checkpoint_sha256 or '?')[:12]}; "
+                        "or another config): give this SAE another name, or pass --replace to replace the entry "
+                        "(the old file is kept beside it as history)")
     analyses = dict(old.analyses)
     for name, record in new.analyses.items():
         analyses[name] = merge_analysis(name, analyses.get(name), record)
@@ -357,22 +374,23 @@ def _lock_for(path: Path) -> FileLock:
     return FileLock(str(path.with_name(".results.lock")))
 
 
-def set_aside(path: Path) -> Path:
-    """Rename an unreadable result file to ``<name>.corrupt-<n>`` (kept for inspection, never read again)."""
+def keep_beside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<name>.<why>-<n>`` (``corrupt``: unreadable; ``replaced``: history), never read again."""
     n = 0
-    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+    while (aside := path.with_name(f"{path.name}.{why}-{n}")).exists():
         n += 1
     os.replace(path, aside)
     return aside
 
 
-def save_merged(record: ResultRecord, results_dir: Path) -> tuple[Path, str | None]:
+def save_merged(record: ResultRecord, results_dir: Path, *, replace: bool = False) -> tuple[Path, str | None]:
     """Merge ``record`` into its file under ``results_dir`` (creating it if absent).
 
-    The read-merge-write holds a lock on the file, so two processes saving the same
-    (backbone, SAE) at once both land.  An existing file that cannot be read is set aside
-    (renamed, not deleted) and the new record is written alone.  Returns the path and a
-    note saying what was set aside, if anything.
+    The read-merge-write holds a lock on the folder, so two processes saving the same
+    (backbone, SAE) at once both land. An existing file that cannot be read is set aside
+    (``.corrupt-<n>``) and the new record is written alone. A file of another model under the
+    same name raises :class:`TakenName` unless ``replace``; then it is kept as ``.replaced-<n>``.
+    Returns the path and a note saying what was set aside, if anything.
     """
     path = result_path(results_dir, record.backbone.name, record.sae.name if record.sae else None)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,10 +398,17 @@ def save_merged(record: ResultRecord, results_dir: Path) -> tuple[Path, str | No
     with _lock_for(path):
         if path.exists():
             try:
-                record = merge_results(load_result(path), record)
+                old = load_result(path)
             except ResultFileError as exc:
-                aside = set_aside(path)
-                note = f"{exc}; moved it to {aside.name} and wrote this run's results alone"
+                note = f"{exc}; moved it to {keep_beside(path, 'corrupt').name} and wrote this run's results alone"
+            else:
+                try:
+                    record = merge_results(old, record)
+                except TakenName:
+                    if not replace:
+                        raise
+                    note = f"replaced {record.label}: the previous model's file is kept as " \
+                           f"{keep_beside(path, 'replaced').name}"
         write_result(record, path)
     return path, note
 

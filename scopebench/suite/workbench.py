@@ -41,8 +41,9 @@ class Workbench:
     def __init__(self, store: ActivationStore, *, device: str = "auto",
                  weights_map: Mapping[str, Path] | None = None, data_root: Path | None = None,
                  external_saes: Mapping[str, Path] | None = None, progress: bool = True,
-                 scales: Mapping[str, BenchScale] | None = None, propagate: bool = False) -> None:
+                 scales: Mapping[str, BenchScale] | None = None, propagate: bool = False, seed: int = 0) -> None:
         self.store = store
+        self.seed = seed  # baseline SAE training seed
         self.propagate = propagate  # removal probes: run edited tokens through the remaining blocks
         self.device = resolve_device(device)
         self.weights_map = dict(weights_map or {})
@@ -163,7 +164,7 @@ class Workbench:
         tokens = self.tokens(backbone, "train")
         # a sealed folder <root>/saes/<sha256 of this key>/ (names are recorded in its seal, never in the path)
         key = {"backbone": backbone, "name": name, "tokens": tokens.key.digest,
-               "recipe": recipe.model_dump(mode="json"), "trainer": TRAINER_VERSION}
+               "recipe": recipe.model_dump(mode="json"), "trainer": TRAINER_VERSION, "seed": self.seed}
         config = recipe.sae_config(int(tokens.tokens.shape[-1]))
         info = {"backbone": backbone, "name": name, "dataset": tokens.key.dataset,
                 "shape": f"{config['d_in']}x{config['d_sae']}"}
@@ -174,7 +175,7 @@ class Workbench:
                 except (ValueError, KeyError, TypeError) as err:
                     raise slot.corrupted(SAE_DIR, f"sealed checkpoint cannot be loaded ({err})") from None
             else:  # nothing there, or a run that stopped before sealing: train (resuming its state), then seal
-                sae = train_sae(recipe, tokens.tokens, seed=0, device=str(self.device), checkpoint_dir=slot.path,
+                sae = train_sae(recipe, tokens.tokens, seed=self.seed, device=str(self.device), checkpoint_dir=slot.path,
                                 progress=self.progress).sae
                 slot.seal([f"{SAE_DIR}/{CONFIG_FILE}", f"{SAE_DIR}/{WEIGHTS_FILE}", LOSS_LOG_FILE])
         return sae.to(self.device).eval()

@@ -1,0 +1,142 @@
+"""Regression mode: a run's result files against a stored baseline, quantity by quantity, verdict by verdict.
+
+A baseline folder holds result files (the same schema) plus ``tolerances.json``: for every quantity
+key, the seed-to-seed spread measured on the planted default (the largest ``|x_seed - x_0|`` over
+runs that differ only in the SAE training seed, ``--seed``) and the tolerance derived from it,
+``TOLERANCE_FACTOR`` times that spread, never below ``REL_FLOOR`` of the baseline value: quantities
+that no seed moves (attention EMD needs no SAE) still differ across CPUs in their last float bits.
+``scopebench tolerances SEED_DIR...`` writes the file; docs/regression.md lists the values.
+
+A run regresses when a quantity moves more than its tolerance, a baseline quantity is missing, or a
+claim's verdict flips. Records are matched by backbone (and its weights) and SAE name.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from scopebench.results.records import ResultFileError, ResultRecord, load_result, result_path, write_result
+
+TOLERANCES_FILE = "tolerances.json"
+TOLERANCE_FACTOR = 3.0
+REL_FLOOR = 1e-6
+
+
+def _quantities(record: ResultRecord) -> dict[str, float]:
+    """``analysis/quantity -> value`` of every finite quantity a record holds."""
+    found = {}
+    for analysis in record.analyses:
+        for key, value in record.output(analysis).quantities().items():
+            if math.isfinite(value):
+                found[f"{analysis}/{key}"] = value
+    return found
+
+
+def _label(record: ResultRecord) -> str:
+    return record.sae.name if record.sae else "(backbone)"
+
+
+def spread_tolerances(runs: Sequence[Sequence[ResultRecord]]) -> dict[str, Any]:
+    """Tolerances from result records of several seeds (``runs[0]`` the reference seed)."""
+    reference = {(r.backbone.name, _label(r)): _quantities(r) for r in runs[0]}
+    quantities: dict[str, dict[str, float]] = {}
+    for key, values in reference.items():
+        for name, base in values.items():
+            others = [_quantities(r).get(name) for run in runs[1:] for r in run if (r.backbone.name, _label(r)) == key]
+            spread = max((abs(v - base) for v in others if v is not None), default=0.0)
+            quantities[f"{key[0]}/{key[1]}/{name}"] = {
+                "spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
+    return {"method": f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
+                      f"{REL_FLOOR:g} x |baseline|)", "seeds": len(runs), "quantities": quantities}
+
+
+@dataclass(frozen=True)
+class Drift:
+    record: str
+    quantity: str
+    baseline: float | str
+    now: float | str
+    delta: float | str
+    tolerance: float | str
+
+
+def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any]) -> list[Drift]:
+    """What moved beyond its tolerance, went missing, or flipped its verdict."""
+    who = f"{now.backbone.name}/{_label(now)}"
+    drifts = []
+    current = _quantities(now)
+    for name, value in _quantities(base).items():
+        key = f"{now.backbone.name}/{_label(now)}/{name}"
+        tolerance = tolerances.get(key, {}).get("tolerance", REL_FLOOR * abs(value))
+        if name not in current:
+            drifts.append(Drift(who, name, value, "missing", "-", tolerance))
+        elif abs(current[name] - value) > tolerance:
+            drifts.append(Drift(who, name, value, current[name], current[name] - value, tolerance))
+    for claim, verdict in base.claims.items():
+        found = now.claims.get(claim)
+        if found is None or found.passed != verdict.passed:
+            held = {True: "held", False: "not held", None: "not checked"}
+            drifts.append(Drift(who, f"claim {claim}", held[verdict.passed],
+                                held[None if found is None else found.passed], "flip", "-"))
+    return drifts
+
+
+def compare_dirs(records: Iterable[ResultRecord], baseline_dir: Path) -> tuple[bool, str]:
+    """Compare each record with its baseline file; ``(passed, readable report)``."""
+    tolerances = _read_tolerances(baseline_dir)
+    drifts, compared, missing = [], 0, []
+    for record in records:
+        path = result_path(baseline_dir, record.backbone.name, record.sae.name if record.sae else None)
+        if not path.is_file():
+            missing.append(record.label)
+            continue
+        base = load_result(path)
+        if base.backbone.weights_id != record.backbone.weights_id:
+            missing.append(f"{record.label} (baseline made with other weights: {base.backbone.weights_id})")
+            continue
+        compared += 1
+        drifts += compare(record, base, tolerances)
+    lines = [f"scopebench regression against {baseline_dir}: {compared} records compared"]
+    if missing:
+        lines.append(f"no baseline for {', '.join(missing)}; make one with --baseline DIR --update-baseline")
+    if drifts:
+        table = [[d.record, d.quantity, _fmt(d.baseline), _fmt(d.now), _fmt(d.delta), _fmt(d.tolerance)]
+                 for d in drifts]
+        lines.append(tabulate(table, headers=["record", "quantity", "baseline", "now", "delta", "tolerance"],
+                              disable_numparse=True))
+    passed = not drifts and not missing and compared > 0
+    lines.append("regression: PASS" if passed else f"regression: FAIL ({len(drifts)} drifts)")
+    return passed, "\n".join(lines)
+
+
+def _fmt(value: float | str) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _read_tolerances(baseline_dir: Path) -> dict[str, Any]:
+    path = Path(baseline_dir) / TOLERANCES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return dict(data["quantities"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ResultFileError(f"{path}: not a tolerances file ({err}); write it with `scopebench tolerances`") from None
+
+
+def run_regression(pending: Iterable[Any], results_dir: Path, baseline_dir: Path, *, update: bool
+                   ) -> tuple[bool, str]:
+    """The bench's regression step over the records this session wrote (read back from ``results_dir``)."""
+    records = [load_result(result_path(results_dir, p.backbone.name, p.sae.name if p.sae else None)) for p in pending]
+    if update:
+        for record in records:
+            target = result_path(baseline_dir, record.backbone.name, record.sae.name if record.sae else None)
+            write_result(record, target)
+        return True, f"scopebench: baseline {baseline_dir} updated with {len(records)} records"
+    return compare_dirs(records, baseline_dir)
