@@ -279,3 +279,20 @@ def test_another_model_under_a_taken_name_is_refused_unless_replace(pytester: py
     assert result.ret == 0 and json.loads(path.read_text())["sae"]["checkpoint_sha256"] == "beef"
     assert (path.parent / "dinov2-b__topk.json.replaced-0").read_text() == first  # history kept
     result.stdout.fnmatch_lines(["*replaced dinov2-b/topk*kept as dinov2-b__topk.json.replaced-0*"])
+
+
+def test_regression_mode_passes_on_its_own_baseline_and_fails_on_drift(pytester: pytest.Pytester,
+                                                                       tmp_path: Path) -> None:
+    _setup(pytester)
+    base = tmp_path / "baseline"
+    made = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "table6", "--baseline", str(base),
+                                        "--update-baseline")
+    assert made.ret == 0 and (base / "dinov2-b__topk.json").is_file()
+    again = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "table6", "--baseline", str(base))
+    assert again.ret == 0
+    again.stdout.fnmatch_lines(["*regression: PASS*"])
+    pytester.makepyfile(test_fake_bench=FAKE_BENCH.replace("fvu_a=0.05, fvu_o=0.002", "fvu_a=0.051, fvu_o=0.002"))
+    drifted = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "table6", "--baseline", str(base))
+    assert drifted.ret == pytest.ExitCode.TESTS_FAILED  # every case passed; the regression fails the run
+    drifted.stdout.fnmatch_lines(["*record*quantity*baseline*now*delta*tolerance*",
+                                  "*dinov2-b/topk*reconstruction/fvu_a*0.05*0.051*", "*regression: FAIL (1 drifts)*"])

@@ -1,0 +1,79 @@
+"""Regression mode: a run against a stored baseline passes when nothing moved and fails, readably, when it did."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scopebench.cli.main import main
+from scopebench.results.leaderboard import load_results
+from scopebench.results.regression import REL_FLOOR, TOLERANCE_FACTOR, compare_dirs, spread_tolerances
+
+COMMITTED = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> Path:
+    """The committed planted results as a baseline, with tolerances from a made-up second seed."""
+    base = tmp_path / "base"
+    shutil.copytree(COMMITTED, base)
+    seed1 = tmp_path / "seed1"
+    shutil.copytree(COMMITTED, seed1)
+    _perturb(seed1 / "planted__batchtopk.json", "reconstruction", "fvu_a", 1.1)
+    data = spread_tolerances([load_results(base), load_results(seed1)])
+    (base / "tolerances.json").write_text(json.dumps(data))
+    return base
+
+
+def _perturb(path: Path, analysis: str, quantity: str, factor: float) -> float:
+    data = json.loads(path.read_text())
+    data["analyses"][analysis]["output"][quantity] *= factor
+    path.write_text(json.dumps(data))
+    return data["analyses"][analysis]["output"][quantity]
+
+
+def test_the_same_results_pass(baseline: Path, tmp_path: Path) -> None:
+    passed, report = compare_dirs(load_results(COMMITTED), baseline)
+    assert passed and report.endswith("regression: PASS") and "3 records compared" in report
+
+
+def test_tolerances_are_a_few_times_the_seed_spread_with_a_float_floor(baseline: Path) -> None:
+    quantities = json.loads((baseline / "tolerances.json").read_text())["quantities"]
+    fvu = quantities["planted/batchtopk/reconstruction/fvu_a"]
+    base_fvu = json.loads((COMMITTED / "planted__batchtopk.json").read_text())["analyses"]["reconstruction"]["output"]
+    assert fvu["spread"] == pytest.approx(0.1 * base_fvu["fvu_a"])
+    assert fvu["tolerance"] == pytest.approx(TOLERANCE_FACTOR * fvu["spread"])
+    emd = quantities["planted/(backbone)/attention_emd/attn_emd_out[s=1]"]  # no seed moves it
+    assert emd["spread"] == 0 and emd["tolerance"] == pytest.approx(REL_FLOOR * 5.127, rel=1e-3)
+
+
+def test_drift_beyond_tolerance_fails_with_a_readable_diff(baseline: Path, tmp_path: Path, capsys) -> None:
+    now = tmp_path / "now"
+    shutil.copytree(COMMITTED, now)
+    _perturb(now / "planted__batchtopk.json", "reconstruction", "fvu_a", 1.1)  # within 3x the seed spread
+    assert compare_dirs(load_results(now), baseline)[0]
+    moved = _perturb(now / "planted__topk.json", "cds", "n_high", 1.5)  # no seed moved it: beyond the floor
+    passed, report = compare_dirs(load_results(now), baseline)
+    assert not passed and "regression: FAIL (1 drifts)" in report
+    header, rule, row = [line for line in report.splitlines() if "n_high" in line or "quantity" in line
+                         or line.startswith("---")][:3]
+    assert header.split() == ["record", "quantity", "baseline", "now", "delta", "tolerance"]
+    assert row.split()[:4] == ["planted/topk", "cds/n_high", "44", f"{moved:g}"]
+    assert main(["compare", str(now), str(baseline)]) == 1 and "cds/n_high" in capsys.readouterr().out
+    assert main(["compare", str(COMMITTED), str(baseline)]) == 0
+
+
+def test_a_flipped_verdict_or_a_missing_baseline_fails(baseline: Path, tmp_path: Path) -> None:
+    now = tmp_path / "now"
+    shutil.copytree(COMMITTED, now)
+    path = now / "planted__batchtopk.json"
+    data = json.loads(path.read_text())
+    data["claims"]["table4.high-cds-minority"]["passed"] = False
+    path.write_text(json.dumps(data))
+    passed, report = compare_dirs(load_results(now), baseline)
+    assert not passed and "claim table4.high-cds-minority" in report and "flip" in report
+    (baseline / "planted__topk.json").unlink()
+    passed, report = compare_dirs(load_results(COMMITTED), baseline)
+    assert not passed and "no baseline for planted/topk" in report and "--update-baseline" in report
