@@ -43,7 +43,8 @@ def test_baseline_rows_match_their_json_files(capsys):
         for field, value in raw.items():
             if field in shown:
                 assert shown[field] == _shown(value)
-    assert rows["relu"]["architecture fields"] == "l1_coeff=1"
+    assert rows["relu"]["architecture fields"].split() == [  # the cell wraps between fields
+        "target_l0=30", "l0_calibration_fraction=0.8", "l0_calibration_gain=0.02", "l1_coeff=0.01"]
     assert rows["topk"]["architecture fields"] == "k=30 aux_k=512 aux_k_coeff=0.03125"
     assert "group_fractions=[0.0625,0.125,0.25,0.5,1]" in rows["matryoshka"]["architecture fields"]
     assert "k=" not in rows["jumprelu"]["architecture fields"]  # no field of another architecture

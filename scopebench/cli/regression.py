@@ -32,7 +32,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _tolerances(args: argparse.Namespace) -> int:
     from scopebench.atomic import write_text_atomic
-    from scopebench.results.regression import spread_tolerances
+    from scopebench.results.regression import spread_tolerances, tolerance_table
 
     if len(args.seed_dirs) < 2:
         print("error: give the results folders of at least two seeds (the first is the reference)", file=sys.stderr)
@@ -40,6 +40,7 @@ def _tolerances(args: argparse.Namespace) -> int:
     data = spread_tolerances([_records(folder) for folder in args.seed_dirs])
     write_text_atomic(args.out, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}: tolerances of {len(data['quantities'])} quantities from {len(args.seed_dirs)} seeds")
+    print(tolerance_table(data))
     return 0
 
 

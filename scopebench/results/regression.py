@@ -140,3 +140,11 @@ def run_regression(pending: Iterable[Any], results_dir: Path, baseline_dir: Path
             write_result(record, target)
         return True, f"scopebench: baseline {baseline_dir} updated with {len(records)} records"
     return compare_dirs(records, baseline_dir)
+
+
+def tolerance_table(tolerances: dict[str, Any]) -> str:
+    """The Markdown table of a tolerances file (docs/regression.md): quantity, measured spread, tolerance."""
+    rows = [[f"`{key}`", f"{entry['spread']:.3g}", f"{entry['tolerance']:.3g}"]
+            for key, entry in sorted(tolerances["quantities"].items())]
+    return tabulate(rows, headers=["record / analysis / quantity", "seed spread", "tolerance"], tablefmt="github",
+                    disable_numparse=True)

@@ -2,7 +2,8 @@
 
 - :class:`ArchitectureConfig`: one architecture's own fields (``k``, ``l1_coeff``, ...), declared once in
   its module with defaults, ranges and a description of a valid value.  Subclasses set the discriminator
-  ``architecture: Literal["name"] = "name"``.
+  ``architecture: Literal["name"] = "name"``.  Those whose sparsity is a penalty weight (ReLU, JumpReLU)
+  derive from :class:`L0TargetConfig` instead, which adds the fields that calibrate it to a target L0.
 - :class:`SAERecipeBase`: the fields every training recipe shares (sizes, optimisation, dead latents).
   An architecture's recipe class is ``(its ArchitectureConfig, SAERecipeBase)``: closed (unknown keys are
   refused) and lax about JSON types, as a hand-written recipe file is.
@@ -16,7 +17,8 @@ from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scopebench.sae.validation import ConfigInt
+from scopebench.paper import PAPER_K
+from scopebench.sae.validation import ConfigFloat, ConfigInt
 
 
 class ArchitectureConfig(BaseModel):
@@ -49,6 +51,28 @@ class ArchitectureConfig(BaseModel):
     def n_calibration_batches(self) -> int:
         """Batches ``train_sae`` draws after training for ``SAE.calibrate_`` (0: inference needs nothing more)."""
         return 0
+
+
+class L0TargetConfig(ArchitectureConfig):
+    """Shared fields of the architectures whose sparsity is set by a penalty weight (ReLU's ``l1_coeff``,
+    JumpReLU's ``sparsity_coeff``), not by a ``k``: ``train_sae`` calibrates that weight so the SAE lands
+    at ``target_l0`` active latents per token (see ``scopebench.sae.training.L0Controller``).
+
+    Subclasses name the weight in ``calibrated_coeff``; its configured value is where calibration starts.
+    """
+
+    #: the field ``train_sae`` calibrates (a float field of the subclass)
+    calibrated_coeff: ClassVar[str] = ""
+
+    target_l0: ConfigFloat | None = Field(
+        float(PAPER_K), gt=0, description="a number > 0: calibrate the penalty weight so a token has this many "
+        "active latents (default: the paper's k = 30); null keeps the configured weight fixed")
+    l0_calibration_fraction: ConfigFloat = Field(
+        0.8, gt=0, le=1, description="a number in (0, 1]: the first fraction of training steps during which the "
+        "penalty weight is adjusted; it is frozen afterwards (0.8: for the default 20% learning-rate decay)")
+    l0_calibration_gain: ConfigFloat = Field(
+        0.02, gt=0, le=1, description="a number in (0, 1]: the controller's gain, the change of log(weight) per "
+        "step per unit of forecast log-L0 error (a step changes the weight by at most a factor exp(gain))")
 
 
 class SAERecipeBase(ArchitectureConfig):

@@ -2,23 +2,26 @@
 and an L0 penalty."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from scopebench.sae.arch._base import ArchitectureConfig
+from scopebench.sae.arch._base import L0TargetConfig
 from scopebench.sae.arch._registry import register
 from scopebench.sae.dictionary import DictionarySAE
 from scopebench.sae.validation import ConfigFloat
 
 
-class JumpReLUConfig(ArchitectureConfig):
+class JumpReLUConfig(L0TargetConfig):
     architecture: Literal["jumprelu"] = "jumprelu"
     init_threshold: ConfigFloat = Field(0.1, gt=0, description="a finite number > 0: the initial threshold")
     bandwidth: ConfigFloat = Field(0.05, gt=0, description="a finite number > 0: the straight-through kernel width")
-    sparsity_coeff: ConfigFloat = Field(1e-3, ge=0, description="a finite number >= 0: the L0 penalty weight")
+    sparsity_coeff: ConfigFloat = Field(1e-3, ge=0, description="a finite number >= 0: the L0 penalty weight "
+                                        "(with target_l0 set: its starting value, calibrated during training)")
+
+    calibrated_coeff: ClassVar[str] = "sparsity_coeff"
 
 
 class _JumpReLUFunction(torch.autograd.Function):
