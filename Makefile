@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf faults regression install clean
+.PHONY: test bench perf faults regression leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ bench: $(STAMP)
 regression: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk --no-progress \
 		--results-dir "$$(mktemp -d)" --baseline bench/baseline
+
+# The HTML leaderboard and a screenshot of it in headless Chromium, for people to look at.
+leaderboard-png: $(STAMP)
+	$(VENV)/bin/scopebench leaderboard --html leaderboard/leaderboard.html
+	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
+		--user-data-dir="$$(mktemp -d)" --virtual-time-budget=5000 --hide-scrollbars --window-size=1400,1800 \
+		--screenshot="$(CURDIR)/leaderboard/leaderboard.png" "file://$(CURDIR)/leaderboard/leaderboard.html"
 
 perf: $(STAMP)
 	$(PY) -m pytest bench/perf -q --benchmark-enable --benchmark-only

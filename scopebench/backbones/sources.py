@@ -16,10 +16,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from scopebench.backbones.base import Backbone
     from scopebench.backbones.spec import BackboneSpec
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tabulate import tabulate
 
 from scopebench.claims.registry import Claim, Verdict, check_all
 from scopebench.keys import base_name
@@ -251,14 +250,6 @@ def _merge_worker_session(session: SessionClaims, text: str) -> None:
             mine.backbone = found.backbone
         if found.device != "cpu":
             mine.device = found.device
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """On a pytest-xdist worker, hand this worker's claims to the controller, which reports them once."""
-    workeroutput = getattr(session.config, "workeroutput", None)
-    claims = session.config.stash.get(SESSION_KEY, None)
-    if workeroutput is not None and claims is not None:
-        workeroutput[_WORKER_OUTPUT] = _session_to_json(claims)
 
 
 @pytest.hookimpl(optionalhook=True)
