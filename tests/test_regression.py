@@ -9,7 +9,9 @@ import pytest
 
 from scopebench.cli.main import main
 from scopebench.results.leaderboard import load_results
-from scopebench.results.regression import REL_FLOOR, TOLERANCE_FACTOR, compare_dirs, spread_tolerances
+from scopebench.results.regression import (
+    REL_FLOOR, TOLERANCE_FACTOR, TOLERANCES_FILE, compare_dirs, spread_tolerances,
+)
 
 COMMITTED = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
 
@@ -23,7 +25,8 @@ def baseline(tmp_path: Path) -> Path:
     shutil.copytree(COMMITTED, seed1)
     _perturb(seed1 / "planted__batchtopk.json", "reconstruction", "fvu_a", 1.1)
     data = spread_tolerances([load_results(base), load_results(seed1)])
-    (base / "tolerances.json").write_text(json.dumps(data))
+    (base / TOLERANCES_FILE).parent.mkdir()
+    (base / TOLERANCES_FILE).write_text(json.dumps(data))
     return base
 
 
@@ -40,7 +43,7 @@ def test_the_same_results_pass(baseline: Path, tmp_path: Path) -> None:
 
 
 def test_tolerances_are_a_few_times_the_seed_spread_with_a_float_floor(baseline: Path) -> None:
-    quantities = json.loads((baseline / "tolerances.json").read_text())["quantities"]
+    quantities = json.loads((baseline / TOLERANCES_FILE).read_text())["quantities"]
     fvu = quantities["planted/batchtopk/reconstruction/fvu_a"]
     base_fvu = json.loads((COMMITTED / "planted__batchtopk.json").read_text())["analyses"]["reconstruction"]["output"]
     assert fvu["spread"] == pytest.approx(0.1 * base_fvu["fvu_a"])

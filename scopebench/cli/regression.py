@@ -48,9 +48,9 @@ def register_regression(subparsers: argparse._SubParsersAction) -> None:
     compare = subparsers.add_parser("compare", help="regression check: every quantity and claim verdict of the "
                                                     "result files in NEW against those in BASE (exit 1 on drift)")
     compare.add_argument("new", type=Path, metavar="NEW")
-    compare.add_argument("base", type=Path, metavar="BASE", help="a baseline folder (result files + tolerances.json)")
+    compare.add_argument("base", type=Path, metavar="BASE", help="a baseline folder (result files + meta/tolerances.json)")
     compare.set_defaults(handler=_compare)
-    tolerances = subparsers.add_parser("tolerances", help="write a baseline's tolerances.json from the result "
+    tolerances = subparsers.add_parser("tolerances", help="write a baseline's meta/tolerances.json from the result "
                                                           "folders of runs that differ only in --seed")
     tolerances.add_argument("seed_dirs", type=Path, nargs="+", metavar="SEED_DIR")
     tolerances.add_argument("--out", type=Path, required=True, metavar="FILE")

@@ -1,6 +1,6 @@
 """Regression mode: a run's result files against a stored baseline, quantity by quantity, verdict by verdict.
 
-A baseline folder holds result files (the same schema) plus ``tolerances.json``: for every quantity
+A baseline folder holds result files (the same schema) plus ``meta/tolerances.json``: for every quantity
 key, the seed-to-seed spread measured on the planted default (the largest ``|x_seed - x_0|`` over
 runs that differ only in the SAE training seed, ``--seed``) and the tolerance derived from it,
 ``TOLERANCE_FACTOR`` times that spread, never below ``REL_FLOOR`` of the baseline value: quantities
@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from scopebench.results.records import ResultFileError, ResultRecord, load_result, result_path, write_result
 
-TOLERANCES_FILE = "tolerances.json"
+TOLERANCES_FILE = "meta/tolerances.json"  # a subfolder: the baseline folder itself holds only result files
 TOLERANCE_FACTOR = 3.0
 REL_FLOOR = 1e-6
 
