@@ -105,7 +105,7 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
     assert (recon["output"]["fvu_a"], recon["output"]["fvu_o"], recon["output"]["l0_o"]) == (0.05, 0.002, None)
     assert recon["config"] == {"images": 4} and recon["dataset"]["n_tokens"] == 64 and recon["output"]["tau"] == 100.0
     assert data["claims"]["table6.outliers-reconstructed-better"]["passed"] is True
-    assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed"}
+    assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed", "training": None}
     backbone = json.loads((path.parent / "dinov2-b.json").read_text())  # attention EMD needs no SAE
     assert backbone["sae"] is None and set(backbone["analyses"]) == {"attention_emd"}
     assert backbone["analyses"]["attention_emd"]["output"]["per_shift"]["1"]["outlier"] == 0.4

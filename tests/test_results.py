@@ -206,3 +206,16 @@ def test_schema_doc_covers_every_field_and_claim_and_its_quantity_table_is_gener
         assert f"`{name}`" in doc, name
     for claim in CLAIMS:
         assert claim.id in doc or claim.table in doc, claim.id
+
+
+def test_a_baseline_retrained_elsewhere_is_the_same_model_but_another_recipe_is_not() -> None:
+    """Bench-trained baselines are pinned by what they were trained from: another CPU gives other weight bits."""
+    old = _record({"fvu_o": 0.1}, sha="bits-on-avx512")
+    old = old.model_copy(update={"sae": old.sae.model_copy(update={"training": "key-a"})})
+    again = _record({"fvu_a": 0.15}, sha="bits-on-avx2")
+    again = again.model_copy(update={"sae": again.sae.model_copy(update={"training": "key-a"})})
+    merged = merge_results(old, again).output("reconstruction")
+    assert (merged.fvu_o, merged.fvu_a) == (0.1, 0.15)
+    other = again.model_copy(update={"sae": again.sae.model_copy(update={"training": "key-b"})})
+    with pytest.raises(TakenName):
+        merge_results(old, other)

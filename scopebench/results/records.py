@@ -47,6 +47,9 @@ class SAEInfo(BaseModel):
     name: str
     config: dict[str, Any] = Field(default_factory=dict)
     checkpoint_sha256: Optional[str] = None
+    # a baseline the bench trained: the digest of what it was trained from (recipe, tokens, seed, trainer);
+    # null for a checkpoint. Retraining it on another CPU gives other weights bits but the same model.
+    training: Optional[str] = None
 
 
 class DatasetInfo(BaseModel):
@@ -323,9 +326,12 @@ def load_result(path: Path) -> ResultRecord:
 
 
 def _same_model(old: SAEInfo | None, new: SAEInfo | None) -> bool:
-    """False when ``new`` pins another SAE than ``old`` (another weights hash, or another config)."""
+    """False when ``new`` pins another SAE than ``old``: another training key for baselines the bench trained,
+    else another weights hash or another config."""
     if old is None or new is None:
         return old is new
+    if old.training and new.training:
+        return old.training == new.training
     if new.checkpoint_sha256 is not None and new.checkpoint_sha256 != old.checkpoint_sha256:
         return False
     return not (new.config and old.config and new.config != old.config)

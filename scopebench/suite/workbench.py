@@ -52,6 +52,7 @@ class Workbench:
         self.progress = progress
         self._scales = dict(scales or {})
         self._memo: dict[tuple, Any] = {}
+        self._training_keys: dict[tuple[str, str], str] = {}  # (backbone, recipe) -> its training key digest
 
     # ------------------------------------------------------------------ plumbing
     def _once(self, key: tuple, build: Callable[[], T]) -> T:
@@ -149,7 +150,8 @@ class Workbench:
         """
         sae = self.sae(backbone, name)
         digest = self._once(("sae-sha256", backbone, name), lambda: weights_sha256(sae))
-        return {"config": dict(sae.config), "checkpoint_sha256": digest}
+        return {"config": dict(sae.config), "checkpoint_sha256": digest,
+                "training": self._training_keys.get((backbone, name))}
 
     def _build_sae(self, backbone: str, name: str) -> SparseAutoencoder:
         spec = get_spec(backbone)
@@ -165,6 +167,7 @@ class Workbench:
         # a sealed folder <root>/saes/<sha256 of this key>/ (names are recorded in its seal, never in the path)
         key = {"backbone": backbone, "name": name, "tokens": tokens.key.digest,
                "recipe": recipe.model_dump(mode="json"), "trainer": TRAINER_VERSION, "seed": self.seed}
+        self._training_keys[(backbone, name)] = self.store.artefact_path("sae", key).name
         config = recipe.sae_config(int(tokens.tokens.shape[-1]))
         info = {"backbone": backbone, "name": name, "dataset": tokens.key.dataset,
                 "shape": f"{config['d_in']}x{config['d_sae']}"}
