@@ -262,7 +262,10 @@ def test_every_terminal_line_of_the_claims_table_fits_120_columns(pytester: pyte
     start = next(i for i, line in enumerate(result.outlines) if "scopebench claims" in line)
     end = next(i for i, line in enumerate(result.outlines) if "scopebench leaderboard" in line)
     assert max(len(line) for line in result.outlines[start + 1:end] if not line.startswith("scopebench: wrote")) <= 120
-    assert all(len(line) <= 120 for line in result.outlines[end:] if not line.startswith("=")), "leaderboard"
+    # The leaderboard section ends at pytest's next header; pytest's own summary is not ours to size
+    # (it is not truncated at all when the CI variable is set).
+    stop = next(i for i, line in enumerate(result.outlines) if i > end and line.startswith("="))
+    assert stop > end + 3 and max(len(line) for line in result.outlines[end + 1:stop]) <= 120, "leaderboard"
     assert result.outlines[start + 1].split()[:4] == ["verdict", "claim", "backbone", "SAE"]
 
 
