@@ -1,6 +1,7 @@
 """Figure 7: activation-weighted CDS rises at the top of the token-norm spectrum."""
 import math
 
+import pandas as pd
 import pytest
 
 from scopebench.results.plots import plot_awcds_by_norm
@@ -10,6 +11,10 @@ from scopebench.results.plots import plot_awcds_by_norm
 def test_figure7_awcds_by_norm(workbench, backbone, sae_name, claim_report, plots_dir):
     result = workbench.result("awcds", backbone, sae_name)
     assert all(math.isfinite(v) for v in result.output.quantities().values()), result.output.details
-    plot_awcds_by_norm(result.output.details, plots_dir / f"figure7-awcds-{backbone}-{sae_name}.png",
+    curve = pd.DataFrame([row.model_dump() for row in result.output.curve])
+    pd.testing.assert_frame_equal(curve[result.output.details.columns.intersection(curve.columns)],
+                                  result.output.details[result.output.details.columns.intersection(curve.columns)],
+                                  check_dtype=False)  # the stored curve is the computed table
+    plot_awcds_by_norm({sae_name: curve}, plots_dir / f"figure7-awcds-{backbone}-{sae_name}.png",
                        title=f"awCDS, {backbone} / {sae_name}")
     claim_report.assert_held(*claim_report.record(result))

@@ -12,7 +12,7 @@ class _Config:
     """The two things the option checks read from a pytest config: getoption and the stash."""
 
     def __init__(self, sae: list[str], recipes: str = "batchtopk,topk") -> None:
-        self.options = {"sae": sae, "sae_recipes": recipes, "plots_dir": None}
+        self.options = {"sae": sae, "sae_recipes": recipes, "plots_dir": None, "scale": None}
         self.stash = pytest.Stash()
         self.rootpath = Path(".")
 

@@ -21,6 +21,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -39,6 +40,25 @@ needs_chromium = pytest.mark.skipif(
                                   "(Debian: apt-get install -y chromium chromium-driver; .ci/run does)")
 
 
+def _png(colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 6), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# what the scope analyses store for the plots: Figure 6's histogram, Figure 7's curve, Figures 9-10's panels
+FIGURE_DATA = {
+    "cds": {"n_low": 3, "n_high": 4, "gamma": 0.15, "histogram": {"edges": [0.0, 0.1, 0.2, 0.3], "counts": [3, 1, 3]}},
+    "awcds": {"curve": [{"bin": f"{lo}-{lo + 50}%", "pct_lo": lo, "pct_hi": lo + 50, "mean_awcds": 0.1 + lo / 1000,
+                         "is_top": False} for lo in (0, 50)]
+              + [{"bin": "top 1%", "pct_lo": 99.0, "pct_hi": 100.0, "mean_awcds": 0.4, "is_top": True}]},
+    "feature_maps": {"view_tv_low": 0.1, "view_tv_high": 0.6, "panels": [
+        {"group": group, "feature": feature, "cds": cds, "images": [0, 1],
+         "maps": [[[0.0, 1.0], [2.0, 0.5]], [[1.0, 0.0], [0.0, 0.0]]], "thumbnails": [_png((200, 30, 30)), _png((0, 0, 0))]}
+        for group, feature, cds in (("low", 4, 0.01), ("high", 9, 0.3))]},
+}
+
+
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     """dinov2-b (the paper reports Tables 6-8 for it): three SAEs and a backbone record; my-vit: one SAE."""
@@ -46,8 +66,11 @@ def results(tmp_path: Path) -> Path:
     folder.mkdir()
     for sae, fvu, l0, dead, held in (("topk", 0.05, 30.0, 2.0, True), ("relu", 0.08, 45.0, 20.0, True),
                                      ("jumprelu", 0.12, 25.0, 1.0, False)):
-        cds = {"cds": {"n_low": 3, "n_high": 4}} if sae == "topk" else {}
-        write_result(folder, "dinov2-b", sae, {"reconstruction": {"fvu_a": fvu, "l0_a": l0, "dead_pct": dead}, **cds},
+        scope = FIGURE_DATA if sae == "topk" else {}
+        probes = {"removal_probes": {"cls_top1_original": 70.0, "cls_top1_high_removed": 70.5 - l0 / 100,
+                                     "cls_top1_low_removed": 60.0}} if sae != "jumprelu" else {}
+        write_result(folder, "dinov2-b", sae, {"reconstruction": {"fvu_a": fvu, "l0_a": l0, "dead_pct": dead},
+                                               **scope, **probes},
                      {"table6.sparse": held, "table6.dense": True})
     write_result(folder, "dinov2-b", None, {"attention_emd": {"per_shift": {
         str(s): {"outlier": 7.0 - s, "non_outlier": 0.5 + 0.1 * s, "n_outlier": 3, "n_non_outlier": 30}
@@ -173,8 +196,23 @@ def test_plots_are_embedded_pngs(page: str) -> None:
         return [Image.open(io.BytesIO(base64.b64decode(uri))) for uri in uris]
 
     dinov2, my_vit = page.split("<h2>dinov2-b</h2>")[1].split("<h2>my-vit</h2>")
-    assert [im.format for im in images(dinov2)] == ["PNG", "PNG"]  # the frontier and EMD against s
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", dinov2)
+    assert [c.split(":")[0] for c in captions] == [
+        "FVU_A against L0_A per SAE", "attention EMD against the SCC shift s", "Figure 6", "Figure 7",
+        "Tables 3, 8", "Figure 9, topk", "Figure 10, topk"]  # only topk stored scope data
+    assert all(im.format == "PNG" and min(im.size) > 100 for im in images(dinov2))
     assert len(images(my_vit)) == 1 and min(images(my_vit)[0].size) > 100  # no backbone record: no EMD curve
+
+
+def test_feature_maps_are_drawn_over_their_stored_images(results: Path, tmp_path: Path) -> None:
+    from scopebench.results.html import _feature_map_pngs
+    records = [r for r in load_results(results) if r.sae is not None and r.sae.name == "topk"]
+    (low, caption), _ = _feature_map_pngs(records, "dinov2-b", tmp_path, 0)
+    assert caption.startswith("Figure 9, topk") and low.is_file()
+    drawn = np.asarray(Image.open(low).convert("RGB"), dtype=float)
+    # the red thumbnail shows through the half-transparent map: the first panel is reddish, not grey
+    red, green = drawn[..., 0], drawn[..., 1]
+    assert ((red - green) > 60).mean() > 0.02
 
 
 def test_cli_writes_html_csv_and_markdown(results: Path, tmp_path: Path, capsys) -> None:

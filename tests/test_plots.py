@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from scopebench.analyses.awcds.tokens import awcds_by_norm_percentile
-from scopebench.results.plots import (plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histogram, plot_feature_maps,
-                              plot_removal_scaling)
+from scopebench.results.plots import (plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histograms,
+                                      plot_feature_maps, plot_removal_deltas, plot_removal_scaling)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,30 +21,47 @@ def assert_png(path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
 
 
-def test_cds_histogram_draws_the_finite_values_and_gamma(tmp_path) -> None:
+def test_cds_histogram_draws_counts_for_one_sae_and_fractions_for_several(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    cds = np.concatenate([rng.random(300) * 0.2, 0.5 + rng.random(40) * 0.4, [np.nan, np.nan]])
-    path = tmp_path / "cds.png"
-    drawn = plot_cds_histogram(cds, 0.31, path, bins=25)
-    counts, edges = np.histogram(cds[np.isfinite(cds)], bins=25, range=(0.0, 1.0))
-    np.testing.assert_array_equal(drawn["counts"], counts)
-    np.testing.assert_allclose(drawn["edges"], edges)
-    assert drawn["gamma"] == 0.31 and drawn["counts"].sum() == 340
-    assert_png(path)
+    cds = np.concatenate([rng.random(300) * 0.2, 0.5 + rng.random(40) * 0.4])
+    counts, edges = np.histogram(cds, bins=25, range=(0.0, 1.0))
+    drawn = plot_cds_histograms({"a": (edges, counts)}, {"a": 0.31}, tmp_path / "one.png")
+    np.testing.assert_array_equal(drawn["a"]["heights"], counts)
+    np.testing.assert_allclose(drawn["a"]["edges"], edges)
+    assert drawn["a"]["gamma"] == 0.31
+    assert_png(tmp_path / "one.png")
+    drawn = plot_cds_histograms({"a": (edges, counts), "b": (edges[:3], [1, 3])}, {"a": 0.31, "b": None},
+                                tmp_path / "two.png")
+    np.testing.assert_allclose(drawn["a"]["heights"], counts / 340)
+    np.testing.assert_allclose(drawn["b"]["heights"], [0.25, 0.75])
+    assert np.isnan(drawn["b"]["gamma"])
+    with pytest.raises(ValueError, match="len\\(edges\\) == len\\(counts\\) \\+ 1"):
+        plot_cds_histograms({"a": (edges, counts[:-2])}, {}, tmp_path / "bad.png")
 
 
-def test_awcds_plot_draws_the_table(tmp_path) -> None:
+def test_awcds_plot_draws_one_line_per_table(tmp_path) -> None:
     rng = np.random.default_rng(1)
     norms = rng.random(400) * 100
     table = awcds_by_norm_percentile(norms, norms / 100 + rng.random(400) * 0.01, n_bins=10)
+    other = table.assign(mean_awcds=table["mean_awcds"] / 2)
     path = tmp_path / "awcds.png"
-    drawn = plot_awcds_by_norm(table, path)
-    np.testing.assert_allclose(drawn["x"], np.arange(10, 101, 10))
-    np.testing.assert_allclose(drawn["y"], table["mean_awcds"].to_numpy()[:10])
-    np.testing.assert_allclose(drawn["top_y"], table["mean_awcds"].to_numpy()[10:])
+    drawn = plot_awcds_by_norm({"a": table, "b": other}, path)
+    np.testing.assert_allclose(drawn["a"]["x"], np.arange(10, 101, 10))
+    np.testing.assert_allclose(drawn["a"]["y"], table["mean_awcds"].to_numpy()[:10])
+    np.testing.assert_allclose(drawn["a"]["top_y"], table["mean_awcds"].to_numpy()[10:])
+    np.testing.assert_allclose(drawn["b"]["y"], table["mean_awcds"].to_numpy()[:10] / 2)
     assert_png(path)
     with pytest.raises(ValueError, match="mean_awcds"):
-        plot_awcds_by_norm(pd.DataFrame({"bin": ["a"]}), tmp_path / "bad.png")
+        plot_awcds_by_norm({"a": pd.DataFrame({"bin": ["a"]})}, tmp_path / "bad.png")
+
+
+def test_removal_deltas_draw_one_bar_per_sae_and_column(tmp_path) -> None:
+    deltas = pd.DataFrame({"cls hi": [0.5, -1.0], "seg lo": [-20.0, np.nan]}, index=["batchtopk", "relu"])
+    heights = plot_removal_deltas(deltas, tmp_path / "deltas.png")
+    np.testing.assert_array_equal(heights, deltas.to_numpy())
+    assert_png(tmp_path / "deltas.png")
+    with pytest.raises(ValueError, match="no removal deltas"):
+        plot_removal_deltas(pd.DataFrame(), tmp_path / "bad.png")
 
 
 def test_attention_emd_vs_shift_draws_both_series(tmp_path) -> None:
@@ -85,5 +102,5 @@ def test_removal_scaling_draws_each_embedding_per_size(tmp_path) -> None:
 
 def test_non_png_path_is_refused_and_nothing_is_written(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"\.png"):
-        plot_cds_histogram(np.array([0.1, 0.2]), 0.15, tmp_path / "cds.pdf")
+        plot_cds_histograms({"a": ([0.0, 0.5, 1.0], [1, 2])}, {}, tmp_path / "cds.pdf")
     assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,8 @@ from scopebench.analyses.base import (
 )
 from scopebench.analyses.cds.config import CDSConfig
 from scopebench.analyses.cds.output import CDSOutput
+from scopebench.analyses.feature_maps.config import FeatureMapsConfig
+from scopebench.analyses.feature_maps.output import FeatureMapsOutput
 from scopebench.analyses.reconstruction.config import ReconstructionConfig
 from scopebench.analyses.reconstruction.output import FVU_NORMALISATION, ReconstructionOutput
 from scopebench.analyses.removal_probes.config import RemovalProbesConfig
@@ -26,6 +28,7 @@ ANALYSES: dict[str, Analysis] = {a.name: a for a in (
     Analysis("cds", "Table 4, Figure 6", "sae", "scc", CDSConfig, CDSOutput),
     Analysis("attention_emd", "Tables 7, 9", "backbone", "attention", AttentionEMDConfig, AttentionEMDOutput),
     Analysis("awcds", "Figure 7", "sae", "scc", AwCDSConfig, AwCDSOutput),
+    Analysis("feature_maps", "Figures 9, 10", "sae", "scc", FeatureMapsConfig, FeatureMapsOutput),
     Analysis("removal_probes", "Tables 3, 8, Figure 8", "sae", None, RemovalProbesConfig, RemovalProbesOutput),
 )}
 

@@ -3,7 +3,7 @@ leaderboard.
 
 It runs the claims suite (``bench/`` of this checkout) through pytest with ``--sae BACKBONE/NAME=CHECKPOINT``
 and no baseline recipes, in leaderboard mode (the SAE's claims are scored, not asserted), then
-re-renders the leaderboard. The checkpoint may be any format ``load_sae`` reads (native, SAELens,
+re-renders the leaderboard beside the results folder: LEADERBOARD.md, leaderboard.csv, leaderboard.html. The checkpoint may be any format ``load_sae`` reads (native, SAELens,
 dictionary_learning, overcomplete) or a ``module:Class`` spec file. A name already taken by another
 model is refused unless ``--replace``.
 """
@@ -22,7 +22,7 @@ def pytest_command(args: argparse.Namespace, bench_dir: Path) -> list[str]:
     command = [sys.executable, "-m", "pytest", str(bench_dir), "--ignore", str(bench_dir / "perf"), "-q",
                "-k", f"{args.backbone}-{args.name}", "--sae", f"{args.backbone}/{args.name}={args.checkpoint}",
                "--sae-recipes", "", "--paper-sae", "", "--no-progress"]
-    for flag in ("weights", "weights_config", "data_root", "cache_dir", "results_dir", "device"):
+    for flag in ("weights", "weights_config", "data_root", "cache_dir", "results_dir", "device", "scale"):
         value = getattr(args, flag)
         for item in value if isinstance(value, list) else [value]:
             if item not in (None, "auto"):
@@ -54,8 +54,10 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     results = args.results_dir or project_root(Path.cwd()) / "leaderboard" / "results"
-    board = subprocess.run([sys.executable, "-m", "scopebench.cli.main", "leaderboard", "--results-dir",
-                            str(results), "--write", str(Path(results).parent / "LEADERBOARD.md")], check=False)
+    board_dir = Path(results).parent
+    board = subprocess.run([sys.executable, "-m", "scopebench.cli.main", "leaderboard", "--results-dir", str(results),
+                            "--write", str(board_dir / "LEADERBOARD.md"), "--csv", str(board_dir / "leaderboard.csv"),
+                            "--html", str(board_dir / "leaderboard.html")], check=False)
     return board.returncode
 
 
@@ -66,5 +68,5 @@ def register_submit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", required=True, help="registry backbone it was trained on")
     parser.add_argument("--name", required=True, help="its leaderboard name (see README: the name rule)")
     add_cli_options(parser, "--weights", "--weights-config", "--data-root", "--cache-dir", "--results-dir",
-                    "--device", "--replace")
+                    "--device", "--scale", "--replace")
     parser.set_defaults(handler=_run)

@@ -23,11 +23,13 @@ from scopebench.names import InvalidName, check_distinct, check_name
 from scopebench.plugin.options import PLOTS_SUBDIR, split_name_path
 from scopebench.plugin.session import ScopebenchOptions, checked_folder
 from scopebench.sae.recipe import BASELINES_DIR, RecipeError, check_recipes
+from scopebench.suite.scales import BenchScale, ScaleFileError, read_scale_file
 from scopebench.suite.workbench import Unavailable, Workbench
 
 _RECIPES_KEY = pytest.StashKey[list[str]]()
 _EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
 _PLOTS_KEY = pytest.StashKey[Path]()
+_SCALES_KEY = pytest.StashKey[dict[str, BenchScale]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,6 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
         for backbone in REGISTRY:
             check_distinct(sae_variants(config, backbone), f"--sae / --sae-recipes on {backbone}")
     except InvalidName as err:
+        raise pytest.UsageError(str(err)) from None
+    scale = config.getoption("scale")
+    try:
+        config.stash[_SCALES_KEY] = read_scale_file(scale, list(REGISTRY)) if scale else {}
+    except ScaleFileError as err:
         raise pytest.UsageError(str(err)) from None
     plots = config.getoption("plots_dir")
     config.stash[_PLOTS_KEY] = (checked_folder(plots, "--plots-dir") if plots
@@ -123,7 +130,8 @@ def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions
     return Workbench(activation_store, device=scopebench_options.device, weights_map=scopebench_options.weights,
                      data_root=Path(root) if root else None, external_saes=pytestconfig.stash[_EXTERNAL_KEY],
                      progress=not pytestconfig.getoption("no_progress"),
-                     propagate=pytestconfig.getoption("propagate"), seed=pytestconfig.getoption("seed"))
+                     propagate=pytestconfig.getoption("propagate"), seed=pytestconfig.getoption("seed"),
+                     scales=pytestconfig.stash[_SCALES_KEY])
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            help="seed of baseline SAE training (seed-to-seed spread sets the regression tolerances)"),
     Option("--data-root", type=Path, metavar="DIR",
            help="root of the real datasets (imagenet/, ade20k/, nyud/); default $SCOPEBENCH_DATA"),
+    Option("--scale", type=Path, metavar="FILE",
+           help='a JSON file of changes to the built-in data sizes per backbone, e.g. {"planted": {"cds": '
+                '{"images": 32}}} (fields: BenchScale and the analysis configs; recorded in the result files)'),
     Option("--propagate", action="store_true",
            help="removal probes: run the edited tokens through the backbone's remaining blocks before probing "
                 "(default: probe at the SAE layer)"),

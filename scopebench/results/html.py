@@ -3,9 +3,11 @@
 Per backbone: the SAE table (DataTables through itables, its JavaScript and CSS inlined once in
 the page: sortable, searchable, each header's hover title from the output models' field
 descriptions) with the paper's values as a reference row where the paper gives them, the claims
-each SAE holds, the backbone-level measurements (attention EMD per shift) once, and two plots as
-PNG data URIs: the sparsity-fidelity frontier (FVU_A against L0_A) and the attention EMD against
-the SCC shift. Nothing is fetched when the page is opened.
+each SAE holds, the backbone-level measurements (attention EMD per shift) once, and the plots as
+PNG data URIs, drawn from the result files alone: the sparsity-fidelity frontier (FVU_A against
+L0_A), attention EMD against the SCC shift, the CDS histograms (Figure 6), the awCDS curves
+(Figure 7), the removal deltas (Tables 3, 8) and each SAE's feature-map grids over the images they
+come from (Figures 9, 10). Nothing is fetched when the page is opened.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 import tempfile
 from pathlib import Path
 
+import io
+
 import itables
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 from itables.javascript import generate_init_offline_itables_html
 from itables.typing import JavascriptFunction
+from PIL import Image
 
 from scopebench.analyses import ANALYSES, quantity_catalogue
 from scopebench.atomic import write_text_atomic
@@ -30,7 +35,10 @@ from scopebench.keys import index_of
 from scopebench.results.leaderboard import (
     COLUMNS, build_frame, column_descriptions, load_results, paper_quantities, paper_row,
 )
-from scopebench.results.plots import plot_attention_emd_vs_shift, save_png
+from scopebench.results.plots import (
+    plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histograms, plot_feature_maps, plot_removal_deltas,
+    save_png,
+)
 from scopebench.results.records import ResultRecord
 
 #: leaderboard columns read from the backbone-level record: shown once per backbone, not in the SAE rows
@@ -195,6 +203,58 @@ def _emd_png(record: ResultRecord | None, backbone: str, path: Path) -> Path | N
     return path
 
 
+def _cds_png(saes: list[ResultRecord], backbone: str, path: Path) -> Path | None:
+    outputs = {r.sae.name: r.output("cds") for r in saes}
+    shown = {name: out for name, out in outputs.items() if out is not None and out.histogram is not None}
+    if not shown:
+        return None
+    plot_cds_histograms({n: (o.histogram.edges, o.histogram.counts) for n, o in shown.items()},
+                        {n: o.gamma for n, o in shown.items()}, path, title=f"{backbone}: CDS per SAE")
+    return path
+
+
+def _awcds_png(saes: list[ResultRecord], backbone: str, path: Path) -> Path | None:
+    outputs = {r.sae.name: r.output("awcds") for r in saes}
+    tables = {name: pd.DataFrame([row.model_dump() for row in out.curve])
+              for name, out in outputs.items() if out is not None and out.curve}
+    if not tables:
+        return None
+    plot_awcds_by_norm(tables, path, title=f"{backbone}: awCDS by token norm")
+    return path
+
+
+def _deltas_png(part: pd.DataFrame, backbone: str, path: Path) -> Path | None:
+    columns = [c for c in part.columns if c.startswith("\u0394")]
+    deltas = part[part["SAE"] != "paper"].set_index("SAE")[columns].apply(pd.to_numeric, errors="coerce")
+    deltas = deltas.dropna(how="all").dropna(axis=1, how="all")
+    if deltas.empty:
+        return None
+    plot_removal_deltas(deltas, path, title=f"{backbone}: removed - original")
+    return path
+
+
+def _pixels(png: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"), dtype=np.float64) / 255.0
+
+
+def _feature_map_pngs(saes: list[ResultRecord], backbone: str, folder: Path, i: int) -> list[tuple[Path, str]]:
+    """Figures 9 and 10 per SAE: the lowest- and highest-CDS features' maps over their top images."""
+    pngs = []
+    for j, record in enumerate(saes):
+        output = record.output("feature_maps")
+        for group, figure in (("low", 9), ("high", 10)):
+            panels = [p for p in (output.panels if output is not None else []) if p.group == group]
+            if not panels:
+                continue
+            path = folder / f"maps-{i}-{j}-{group}.png"
+            plot_feature_maps(np.array([p.maps for p in panels]), path, feature_ids=[p.feature for p in panels],
+                              cds=[p.cds for p in panels],
+                              images=np.array([[_pixels(t) for t in p.thumbnails] for p in panels]),
+                              title=f"{record.sae.name}: {group}-CDS features")
+            pngs.append((path, f"Figure {figure}, {record.sae.name}: {group}-CDS features on their top images"))
+    return pngs
+
+
 def _figures(pngs: list[tuple[Path | None, str]]) -> str:
     shown = [f'<figure><img src="{_png_uri(path)}" alt="{html.escape(caption)}"><figcaption>'
              f'{html.escape(caption)}</figcaption></figure>' for path, caption in pngs if path is not None]
@@ -206,7 +266,12 @@ def _section(i: int, backbone: str, frame: pd.DataFrame, records: list[ResultRec
     own = next((r for r in records if r.backbone.name == backbone and r.sae is None), None)
     part = _sae_rows(frame, backbone)
     pngs = [(_frontier_png(part, backbone, folder / f"frontier-{i}.png"), "FVU_A against L0_A per SAE"),
-            (_emd_png(own, backbone, folder / f"emd-{i}.png"), "attention EMD against the SCC shift s")]
+            (_emd_png(own, backbone, folder / f"emd-{i}.png"), "attention EMD against the SCC shift s"),
+            (_cds_png(saes, backbone, folder / f"cds-{i}.png"), "Figure 6: CDS histogram per SAE (dashed: gamma)"),
+            (_awcds_png(saes, backbone, folder / f"awcds-{i}.png"), "Figure 7: awCDS by token-norm percentile"),
+            (_deltas_png(part, backbone, folder / f"deltas-{i}.png"),
+             "Tables 3, 8: probe score with a feature group removed minus the original"),
+            *_feature_map_pngs(saes, backbone, folder, i)]
     table = _sae_table(part, f"sae-table-{i}") if len(part) else "<p>No SAE results for this backbone.</p>"
     return (f'<section id="backbone-{i}"><h2>{html.escape(backbone)}</h2>'
             f"<h3>SAEs</h3>{table}<h3>Claims held per SAE</h3>{_claims_table(saes)}"

@@ -5,9 +5,10 @@ the figure's artists, so callers and tests can check the picture against the num
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -32,51 +33,103 @@ def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Pa
     return final
 
 
-def plot_cds_histogram(cds: np.ndarray, gamma: float, path: str | os.PathLike[str], *, bins: int = 50,
-                       title: str = "CDS distribution") -> dict[str, np.ndarray | float]:
-    """Histogram of the finite CDS values over [0, 1] with a vertical line at gamma (Figure 6).
+def plot_cds_histograms(histograms: Mapping[str, tuple[Sequence[float], Sequence[int]]],
+                        gammas: Mapping[str, float | None], path: str | os.PathLike[str], *,
+                        title: str = "CDS distribution") -> dict[str, dict[str, np.ndarray | float]]:
+    """Figure 6 for one or several SAEs: each one's ``(edges, counts)`` as a step line, gamma dashed.
 
-    Returns ``{"counts", "edges", "gamma"}`` as drawn.
+    With one SAE the counts are drawn as they are (features per bin); with several, as the
+    fraction of each SAE's scored features, so dictionaries of different sizes compare.
+    Returns per name ``{"edges", "heights", "gamma"}`` as drawn (gamma NaN when not drawn).
     """
-    values = np.asarray(cds, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise ValueError("no finite CDS values to plot (are all features dead?)")
+    if not histograms:
+        raise ValueError("no CDS histogram to plot")
+    for name, (edges, counts) in histograms.items():
+        if len(edges) != len(counts) + 1 or not len(counts):
+            raise ValueError(f"{name}: a histogram needs len(edges) == len(counts) + 1 > 1, got "
+                             f"{len(edges)} edges and {len(counts)} counts")
+    fraction = len(histograms) > 1
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    _, edges, bars = ax.hist(values, bins=bins, range=(0.0, 1.0), color="0.55")
-    line = ax.axvline(gamma, color="crimson", linestyle="--", label=f"gamma = {gamma:.3f}")
-    ax.set(xlabel="CDS", ylabel="features", title=title)
-    ax.legend()
-    drawn = {"counts": np.array([bar.get_height() for bar in bars]), "edges": np.asarray(edges),
-             "gamma": float(line.get_xdata()[0])}
+    drawn: dict[str, dict[str, np.ndarray | float]] = {}
+    for name, (edges, counts) in histograms.items():
+        heights = np.asarray(counts, dtype=np.float64)
+        if fraction:
+            heights = heights / max(heights.sum(), 1.0)
+        (line,) = ax.step(edges, np.append(heights, heights[-1]), where="post", label=name)
+        gamma = gammas.get(name)
+        gamma = None if gamma is None or not math.isfinite(gamma) else gamma
+        if gamma is not None:
+            marker = ax.axvline(gamma, color=line.get_color(), linestyle="--", linewidth=1)
+        drawn[name] = {"edges": np.asarray(line.get_xdata(), dtype=float),
+                       "heights": np.asarray(line.get_ydata(), dtype=float)[:-1],
+                       "gamma": float(marker.get_xdata()[0]) if gamma is not None else math.nan}
+    ax.set(xlabel="CDS (dashed: gamma)", ylabel="fraction of features" if fraction else "features", title=title)
+    ax.legend(fontsize=8)
     save_png(fig, path)
     return drawn
 
 
-def plot_awcds_by_norm(table: pd.DataFrame, path: str | os.PathLike[str], *,
-                       title: str = "awCDS across the token-norm spectrum") -> dict[str, np.ndarray]:
-    """Mean awCDS per norm-percentile bin (Figure 7), from :func:`awcds_by_norm_percentile`'s table.
+_AWCDS_COLUMNS = {"bin", "is_top", "pct_hi", "mean_awcds"}
 
-    The equal-width percentile bins are drawn as a line over their upper percentile; a
-    "top" row (top fraction of tokens) is marked separately.  Returns ``{"x", "y"}`` of
-    the line and ``{"top_x", "top_y"}`` of the marker (empty when there is no top row).
+
+def plot_awcds_by_norm(tables: Mapping[str, pd.DataFrame], path: str | os.PathLike[str], *,
+                       title: str = "awCDS across the token-norm spectrum") -> dict[str, dict[str, np.ndarray]]:
+    """Mean awCDS per norm-percentile bin (Figure 7), one line per SAE, from awcds_by_norm_percentile's tables.
+
+    The equal-width percentile bins are drawn as a line over their upper percentile; a "top"
+    row (top fraction of tokens) as a star in the line's colour. Returns per name
+    ``{"x", "y"}`` of the line and ``{"top_x", "top_y"}`` of the marker (empty without a top row).
     """
-    missing = {"bin", "is_top", "pct_hi", "mean_awcds"} - set(table.columns)
-    if missing:
-        raise ValueError(f"table lacks columns {sorted(missing)}; pass the output of awcds_by_norm_percentile")
-    is_top = table["is_top"].astype(bool)
-    bins, top = table[~is_top], table[is_top]
+    for name, table in tables.items():
+        missing = _AWCDS_COLUMNS - set(table.columns)
+        if missing:
+            raise ValueError(f"{name}: table lacks columns {sorted(missing)}; pass awcds_by_norm_percentile's output")
+    if not tables:
+        raise ValueError("no awCDS table to plot")
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    (line,) = ax.plot(bins["pct_hi"].to_numpy(), bins["mean_awcds"].to_numpy(), marker="o", label="percentile bin")
-    (marker,) = ax.plot(top["pct_hi"].to_numpy(), top["mean_awcds"].to_numpy(), "r*", markersize=12,
-                        label=str(top["bin"].iloc[0]) if len(top) else "top")
-    ax.set(xlabel="token-norm percentile", ylabel="mean awCDS", title=title)
-    ax.legend()
-    drawn = {"x": np.asarray(line.get_xdata(), dtype=float), "y": np.asarray(line.get_ydata(), dtype=float),
-             "top_x": np.asarray(marker.get_xdata(), dtype=float),
-             "top_y": np.asarray(marker.get_ydata(), dtype=float)}
+    drawn = {}
+    for name, table in tables.items():
+        is_top = table["is_top"].astype(bool)
+        bins, top = table[~is_top], table[is_top]
+        y = bins["mean_awcds"].to_numpy(dtype=float)
+        (line,) = ax.plot(bins["pct_hi"].to_numpy(dtype=float), y, marker="o", markersize=3, label=name)
+        (marker,) = ax.plot(top["pct_hi"].to_numpy(dtype=float), top["mean_awcds"].to_numpy(dtype=float), "*",
+                            color=line.get_color(), markersize=12)
+        drawn[name] = {"x": np.asarray(line.get_xdata(), dtype=float), "y": np.asarray(line.get_ydata(), dtype=float),
+                       "top_x": np.asarray(marker.get_xdata(), dtype=float),
+                       "top_y": np.asarray(marker.get_ydata(), dtype=float)}
+    top_label = next((str(t.loc[t["is_top"].astype(bool), "bin"].iloc[0]) for t in tables.values()
+                      if t["is_top"].astype(bool).any()), "top")
+    ax.set(xlabel=f"token-norm percentile (star: {top_label})", ylabel="mean awCDS", title=title)
+    ax.legend(fontsize=8)
     save_png(fig, path)
     return drawn
+
+
+def plot_removal_deltas(deltas: pd.DataFrame, path: str | os.PathLike[str], *,
+                        title: str = "What removing each feature group does") -> np.ndarray:
+    """Grouped bars: one group per column (e.g. "cls, high removed"), one bar per row (SAE).
+
+    ``deltas`` holds probe score with the group removed minus the original, in each task's unit.
+    Returns the drawn bar heights ``[rows, columns]`` (NaN where a value is missing).
+    """
+    if deltas.empty:
+        raise ValueError("no removal deltas to plot")
+    values = deltas.to_numpy(dtype=float)
+    n_rows, n_cols = values.shape
+    width = 0.8 / n_rows
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * n_cols + 1.5), 3.2))
+    heights = np.full_like(values, np.nan)
+    for r, name in enumerate(deltas.index):
+        bars = ax.bar(np.arange(n_cols) + (r - (n_rows - 1) / 2) * width, np.nan_to_num(values[r]), width,
+                      label=str(name))
+        heights[r] = [bar.get_height() if np.isfinite(v) else np.nan for bar, v in zip(bars, values[r])]
+    ax.axhline(0.0, color="0.3", linewidth=0.8)
+    ax.set_xticks(np.arange(n_cols), [str(c) for c in deltas.columns], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="removed - original", title=title)
+    ax.legend(fontsize=8)
+    save_png(fig, path)
+    return heights
 
 
 def plot_attention_emd_vs_shift(shifts: Sequence[int], non_outlier: Sequence[float], outlier: Sequence[float],

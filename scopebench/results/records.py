@@ -159,6 +159,8 @@ def output_json(output: AnalysisOutput) -> dict[str, Any]:
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, dict):
             return {k: clean(f"{key}.{k}", v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(f"{key}[{i}]", v) for i, v in enumerate(value)]
         if isinstance(value, float):
             if math.isinf(value):
                 raise ValueError(f"{key} is infinite; record NaN (None) for a value that cannot be computed")

@@ -6,12 +6,15 @@ numbers it produced in the result files.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scopebench.analyses import (
-    ANALYSES, AnalysisConfig, AttentionEMDConfig, AwCDSConfig, CDSConfig, ReconstructionConfig, RemovalProbesConfig,
+    ANALYSES, AnalysisConfig, AttentionEMDConfig, AwCDSConfig, CDSConfig, FeatureMapsConfig, ReconstructionConfig,
+    RemovalProbesConfig,
 )
 from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
 
@@ -29,6 +32,7 @@ class BenchScale(BaseModel):
     reconstruction: ReconstructionConfig
     cds: CDSConfig
     awcds: AwCDSConfig = AwCDSConfig()
+    feature_maps: FeatureMapsConfig = FeatureMapsConfig()
     attention_emd: AttentionEMDConfig
     removal_probes: RemovalProbesConfig
 
@@ -83,3 +87,36 @@ PAPER_SCALE = BenchScale(
 
 def scale_for(backbone: str) -> BenchScale:
     return PLANTED_SCALE if backbone == "planted" else PAPER_SCALE
+
+
+class ScaleFileError(ValueError):
+    """A ``--scale`` file that cannot be used; the message names the file, the problem and the fix."""
+
+
+def read_scale_file(path: Path, known: Any) -> dict[str, BenchScale]:
+    """``{"planted": {"cds": {"images": 32}}, ...}`` -> the changed scale of each named backbone.
+
+    Each backbone's changes are merged into its built-in scale (:func:`scale_for`) and validated
+    like the built-in ones, so a typo or a bad value is refused before anything runs. ``known``
+    is the registry's backbone names.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ScaleFileError(f"--scale {path}: cannot read a JSON object ({err})") from None
+    if not isinstance(raw, dict):
+        raise ScaleFileError(f"--scale {path}: expected a JSON object backbone -> changes, e.g. "
+                             '{"planted": {"cds": {"images": 32}}}')
+    scales = {}
+    for backbone, changes in raw.items():
+        if backbone not in known:
+            raise ScaleFileError(f"--scale {path}: unknown backbone {backbone!r}; known: {', '.join(known)}")
+        if not isinstance(changes, dict):
+            raise ScaleFileError(f"--scale {path}: {backbone}: expected an object of scale fields")
+        try:
+            scales[backbone] = scale_for(backbone).updated(changes)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ScaleFileError(f"--scale {path}: {backbone}: {problems} (fields: see scopebench.suite.scales."
+                                 "BenchScale and each analysis config)") from None
+    return scales

@@ -27,7 +27,11 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
         inputs[split] = ProbeInputs(tokens=acts.tokens, prefix=acts.prefix,
                                     dataset=bench.dataset(backbone, f"probe-{task}-{split}"))
     model = bench.sae(backbone, sae)
-    _, groups = bench.run("cds", backbone, sae).details
+    cds = bench.run("cds", backbone, sae)
+    _, groups = cds.details
+    if groups is None:
+        raise Unavailable(f"removal probes need the low/high-CDS partition, and {sae} on {backbone} has none: "
+                          f"{cds.no_partition}")
     propagate = _propagation(bench, backbone, config)
     if task == "cls":
         return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
