@@ -177,8 +177,8 @@ def test_backbone_level_measurements_once_per_backbone(page: str) -> None:
     emd = tables.of("dinov2-b", "s")
     assert [text for text, _ in emd["header"]] == ["s", "attn_emd_out", "attn_emd_non", "paper attn_emd_out",
                                                    "paper attn_emd_non"]
-    assert emd["rows"] == [["s=1", "6", "0.6", "6.96", "0.61"], ["s=2", "5", "0.7", "–", "–"],
-                           ["s=3", "4", "0.8", "–", "–"]]  # Table 7 gives s=1
+    assert emd["rows"] == [["s=1", "6.000", "0.600", "6.960", "0.610"], ["s=2", "5.000", "0.700", "–", "–"],
+                           ["s=3", "4.000", "0.800", "–", "–"]]  # Table 7 gives s=1
     my_vit = page.split("<h2>my-vit</h2>")[1]
     assert "No backbone-level measurements for this backbone." in my_vit
 
@@ -251,7 +251,7 @@ def test_datatables_initialise_in_chromium(page: str, tmp_path: Path) -> None:
     assert table["id"] == "sae-table-0" and 'id="sae-table-0_wrapper"' in dom
     assert ReconstructionOutput.model_fields["fvu_a"].description in dict(table["header"])["FVU_A"]
     assert re.search(r'<th[^>]*class="[^"]*dt-orderable-asc', dom)
-    assert _column(table, "dead %")[0] == "–" and _column(table, "FVU_A")[1:] == ["0.05", "0.08", "0.12"]
+    assert _column(table, "dead %")[0] == "–" and _column(table, "FVU_A")[1:] == ["0.0500", "0.0800", "0.1200"]
 
 
 class DevTools:

@@ -19,8 +19,16 @@ from pydantic.fields import FieldInfo
 
 
 Level = Literal["sae", "backbone"]
+#: Decimals a quantity is shown with in every table (terminal, Markdown, HTML), by its unit: one precision per
+#: quantity, fine enough for the paper's smallest reported differences (FVU_O 0.001, CS 0.999).
+UNIT_DECIMALS: dict[str, int] = {"unitless": 4, "cosine": 4, "latents": 1, "percent": 2, "tokens": 0, "features": 0,
+                                 "L2 norm": 2, "CDS": 3, "TV": 3, "patch units": 3, "depth unit": 3}
+
+
 def quantity(description: str, unit: str, *, column: str | None = None, default: Any = ...) -> Any:
     """A measured quantity of an output model: its meaning, unit and (optionally) its leaderboard column."""
+    if unit not in UNIT_DECIMALS:
+        raise ValueError(f"unit {unit!r} has no display precision; add it to UNIT_DECIMALS")
     extra: dict[str, Any] = {"unit": unit}
     if column is not None:
         extra["column"] = column
@@ -39,6 +47,10 @@ class QuantityInfo:
     description: str
     unit: str
     column: str | None
+
+    @property
+    def decimals(self) -> int:
+        return UNIT_DECIMALS[self.unit]
 
 
 class Unavailable(Exception):

@@ -33,7 +33,7 @@ from scopebench.analyses import ANALYSES, quantity_catalogue
 from scopebench.atomic import write_text_atomic
 from scopebench.keys import index_of
 from scopebench.results.leaderboard import (
-    COLUMNS, build_frame, column_descriptions, load_results, paper_quantities, paper_row,
+    COLUMNS, build_frame, column_decimals, column_descriptions, format_cell, load_results, paper_quantities, paper_row,
 )
 from scopebench.results.plots import (
     plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histograms, plot_feature_maps, plot_removal_deltas,
@@ -44,11 +44,15 @@ from scopebench.results.records import ResultRecord
 #: leaderboard columns read from the backbone-level record: shown once per backbone, not in the SAE rows
 BACKBONE_COLUMNS = [column for column, (analysis, _) in COLUMNS.items() if ANALYSES[analysis].level == "backbone"]
 
-# DataTables callbacks: 4 significant digits and "–" for a missing value (sorting uses the number), and
-# each header's title from the page's column-titles block.
-_RENDER_FLOAT = ('function (data, type) { if (type !== "display" && type !== "filter") '
-                 'return Number.isFinite(data) ? data : null; '
-                 'return Number.isFinite(data) ? String(Number(data.toPrecision(4))) : "\u2013"; }')
+# DataTables callbacks: a number with its column's decimals (those of the terminal and Markdown tables) and "–"
+# for a missing value (sorting uses the number), and each header's title from the page's column-titles block.
+def _render_float(decimals: int | None) -> str:
+    shown = f"data.toFixed({decimals})" if decimals is not None else "String(Number(data.toPrecision(4)))"
+    return ('function (data, type) { if (type !== "display" && type !== "filter") '
+            'return Number.isFinite(data) ? data : null; '
+            f'return Number.isFinite(data) ? {shown} : "\u2013"; }}')
+
+
 _SET_TITLES = ('function (settings) { const titles = JSON.parse(document.getElementById("column-titles").textContent); '
                'for (const th of settings.nTable.tHead.rows[0].cells) '
                'th.title = titles[th.textContent.trim()] || ""; }')
@@ -64,17 +68,13 @@ figure { display: inline-block; margin: .5em 1em .5em 0; } figcaption { font-siz
 """
 
 
-def _text(value: object) -> str:
-    if isinstance(value, float):
-        return "\u2013" if math.isnan(value) else f"{value:.4g}"
-    return str(value) if value != "" else "\u2013"
 
 
 def _plain_table(header: list[tuple[str, str]], rows: list[list[tuple[object, str]]]) -> str:
     """A static table; every header and cell is (text, hover title)."""
     def cell(tag: str, text: object, title: str, klass: str = "") -> str:
         attrs = (f' title="{html.escape(title)}"' if title else "") + (f' class="{klass}"' if klass else "")
-        return f"<{tag}{attrs}>{html.escape(_text(text))}</{tag}>"
+        return f"<{tag}{attrs}>{html.escape(format_cell(text, None))}</{tag}>"
 
     head = "".join(cell("th", text, title) for text, title in header)
     body = "".join("<tr>" + "".join(cell("td", text, title, _verdict_class(text)) for text, title in row) + "</tr>"
@@ -88,12 +88,17 @@ def _verdict_class(text: object) -> str:
 
 def _sae_table(part: pd.DataFrame, table_id: str) -> str:
     """The SAE rows (and the paper row) as a DataTable: sortable, searchable, its data inline."""
+    decimals = column_decimals()
     floats = [i for i, column in enumerate(part.columns) if part[column].dtype.kind == "f"]
+    by_decimals: dict[int | None, list[int]] = {}
+    for i in floats:
+        by_decimals.setdefault(decimals.get(part.columns[i]), []).append(i)
     return itables.to_html_datatable(
         part, table_id=table_id, connected=False, display_logo_when_loading=False, showIndex=False, paging=False,
         order=[], classes="display compact", text_in_header_can_be_selected=False,
         layout={"topStart": None, "topEnd": "search", "bottomStart": "info", "bottomEnd": None},
-        columnDefs=[{"targets": floats, "render": JavascriptFunction(_RENDER_FLOAT)}],
+        columnDefs=[{"targets": targets, "render": JavascriptFunction(_render_float(d))}
+                    for d, targets in by_decimals.items()],
         drawCallback=JavascriptFunction(_SET_TITLES))
 
 
@@ -162,7 +167,9 @@ def _backbone_table(record: ResultRecord | None, backbone: str) -> str:
         return ("the paper's value of: " if column != base else "") + f"{info.description} ({info.unit})"
 
     header = [("s", "SCC shift s (patches)")] + [(column, title(column)) for column in columns]
-    body = [[(f"{index}={at}" if index else "", ""), *((values.get(c, math.nan), "") for c in columns)]
+    decimals = {column: catalogue[column.removeprefix("paper ")].decimals for column in columns}
+    body = [[(f"{index}={at}" if index else "", ""),
+             *((format_cell(values.get(c, math.nan), decimals[c]), "") for c in columns)]
             for (index, at), values in rows.items()]
     return _plain_table(header, body)
 

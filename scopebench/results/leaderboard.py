@@ -105,15 +105,20 @@ def l0_off_target(l0: object) -> bool:
     return isinstance(l0, (int, float)) and math.isfinite(l0) and abs(l0 - PAPER_K) / PAPER_K > L0_TOLERANCE
 
 
-def _cells(frame: pd.DataFrame) -> list[list[str]]:
-    def fmt(value: object) -> str:
-        if isinstance(value, float):
-            return "–" if math.isnan(value) else f"{value:.4g}"
-        return str(value) if value != "" else "–"
+def format_cell(value: object, decimals: int | None) -> str:
+    """A table cell: a number with its column's decimals ("–" when missing), text as it is."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.{decimals}f}" if decimals is not None else f"{value:.4g}"
+    return str(value) if value != "" else "–"
 
+
+def _cells(frame: pd.DataFrame) -> list[list[str]]:
+    decimals = [column_decimals().get(column) for column in frame.columns]
     flagged = {i for i, column in enumerate(frame.columns) if column == "L0_A"}
-    return [[fmt(v) + (L0_FLAG if i in flagged and l0_off_target(v) else "") for i, v in enumerate(row)]
-            for row in frame.itertuples(index=False)]
+    return [[format_cell(v, decimals[i]) + (L0_FLAG if i in flagged and l0_off_target(v) else "")
+             for i, v in enumerate(row)] for row in frame.itertuples(index=False)]
 
 
 TEXT_WIDTH = 120
@@ -208,14 +213,28 @@ def _quantity_text(key: str) -> str:
     return f"{info.description} ({info.unit}" + (f", {found[1]}={found[2]})" if found else ")")
 
 
-def column_descriptions() -> dict[str, str]:
-    """Leaderboard column -> what it shows, from the output models' field descriptions (the HTML hover titles)."""
+def _column_keys() -> dict[str, list[str]]:
+    """Leaderboard column -> the quantity keys it is read from."""
     keys = [indexed(q.name, 1) if q.name in ANALYSES[q.analysis].output.INDEXED_QUANTITIES else q.name
             for q in quantity_catalogue().values()]
-    found = {"backbone": "backbone (registry name)", "SAE": "SAE variant (its result file's name)"}
+    found = {}
     for column, (_, read) in COLUMNS.items():
         probe = _ReadKeys(keys)
         read(probe)
-        texts = [f"{key}: {_quantity_text(key)}" for key in dict.fromkeys(probe.read)]
+        found[column] = list(dict.fromkeys(probe.read))
+    return found
+
+
+def column_decimals() -> dict[str, int]:
+    """Numeric leaderboard column -> its decimals: those of the (first) quantity it is read from."""
+    catalogue = quantity_catalogue()
+    return {column: catalogue[base_name(keys[0])].decimals for column, keys in _column_keys().items() if keys}
+
+
+def column_descriptions() -> dict[str, str]:
+    """Leaderboard column -> what it shows, from the output models' field descriptions (the HTML hover titles)."""
+    found = {"backbone": "backbone (registry name)", "SAE": "SAE variant (its result file's name)"}
+    for column, keys in _column_keys().items():
+        texts = [f"{key}: {_quantity_text(key)}" for key in keys]
         found[column] = texts[0].split(": ", 1)[1] if len(texts) == 1 else "from " + "; ".join(texts)
     return {**found, "claims": (_claims.__doc__ or "").strip()}
