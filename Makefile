@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf faults regression leaderboard-png install clean
+.PHONY: test bench perf perf-compare faults regression leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ leaderboard-png: $(STAMP)
 
 perf: $(STAMP)
 	$(PY) -m pytest bench/perf -q --benchmark-enable --benchmark-only
+
+# Perf cases against this machine's earlier runs (pytest-benchmark storage in BENCHMARK_STORAGE): each run is
+# saved, and the run fails when a case's median is more than PERF_SLOWDOWN slower than the last saved one.
+BENCHMARK_STORAGE ?= .benchmarks
+PERF_SLOWDOWN ?= 25%
+perf-compare: $(STAMP)
+	$(PY) -m pytest bench/perf -q --benchmark-enable --benchmark-only --benchmark-storage "$(BENCHMARK_STORAGE)" \
+		--benchmark-autosave --benchmark-compare --benchmark-compare-fail "median:$(PERF_SLOWDOWN)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks
