@@ -123,7 +123,8 @@ def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions
     return Workbench(activation_store, device=scopebench_options.device, weights_map=scopebench_options.weights,
                      data_root=Path(root) if root else None, external_saes=pytestconfig.stash[_EXTERNAL_KEY],
                      progress=not pytestconfig.getoption("no_progress"),
-                     propagate=pytestconfig.getoption("propagate"), seed=pytestconfig.getoption("seed"))
+                     propagate=pytestconfig.getoption("propagate"), seed=pytestconfig.getoption("seed"),
+                     workers=scopebench_options.workers, precision=scopebench_options.precision)
 
 
 @pytest.fixture(scope="session")
