@@ -20,6 +20,7 @@ from scopebench.data.scenes import SyntheticScenes
 from scopebench.pipeline.cache import META_NAME, ActivationStore, CacheKey
 from scopebench.pipeline.extract import extract_scc_tokens, extract_tokens, scc_views
 from scopebench.pipeline.loader import RowViews, batch_plan
+from scopebench.pipeline.throughput import images_per_second
 from scopebench.results.records import BackboneInfo
 
 N_IMAGES, BATCH, SHARD = 7, 2, 3  # shards of 3, 3, 1 rows; batches of 2 + 1 inside a full shard
@@ -206,3 +207,12 @@ def test_result_files_record_the_precision():
     assert BackboneInfo(name="planted", precision="bf16").model_dump()["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision"):
         BackboneInfo(name="planted", precision="fp8")
+
+
+def test_throughput_times_the_images_after_the_warm_up_batch(planted, scenes):
+    counting = CrashingBackbone(planted)
+    measured = images_per_second(counting, scenes, n_images=4, batch_size=2, workers=1, shift=SHIFT)
+    assert counting.calls == 2 * 3  # warm-up batch + two timed batches, two SCC views each
+    assert measured.images == 4 and measured.seconds > 0 and measured.images_per_s == 4 / measured.seconds
+    with pytest.raises(ValueError, match="the dataset has 7 images; timing 6 after a warm-up batch of 2 needs 8"):
+        images_per_second(planted, scenes, n_images=6, batch_size=2)

@@ -368,7 +368,7 @@ def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationS
     transform = {"op": "square_resize", "size": pre.image_size, "interpolation": pre.interpolation,
                  "mean": list(pre.mean), "std": list(pre.std)}
     entry = _run(backbone, dataset, store, kind="tokens", transform=transform,
-                 make_views=ResizedView(pre.image_size, pre.interpolation), n_views=1,
+                 make_views=plain_view(backbone), n_views=1,
                  indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
                  attention=attention, progress=progress, attrs=_token_attrs(backbone, patch_sample),
                  patch_sample=patch_sample, workers=workers, precision=precision)
@@ -378,6 +378,12 @@ def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationS
                        prefix=arrays["prefix"], image_index=np.asarray(arrays["image_index"][:]),
                        attention=arrays.get("attention"),
                        patch_index=None if patch_index is None else np.asarray(patch_index[:]))
+
+
+def plain_view(backbone: Backbone) -> ViewMaker:
+    """Image -> ``{"": model input}``: the backbone's square resize (plain extraction's one view)."""
+    pre = backbone.preprocess
+    return ResizedView(size=pre.image_size, interpolation=pre.interpolation)
 
 
 def scc_views(backbone: Backbone, shift: int) -> ViewMaker:
