@@ -1,8 +1,8 @@
 """Extraction with DataLoader workers against the serial path, on a tree of JPEGs of ImageNet-like sizes.
 
 Run: ``pytest bench/perf/test_loader_perf.py --benchmark-enable``.  The case writes the JPEGs
-itself (an ImageNet ``train`` folder of 500x375-like photos-to-be: smooth colour fields with
-grain, about ImageNet's bytes per image) and reads them with :class:`scopebench.data.ImageNet`.
+itself (``jpeg_tree.py``: an ImageNet ``train`` folder of 500x375-like photos-to-be, about
+ImageNet's bytes per image) and reads them with :class:`scopebench.data.ImageNet`.
 
 - decode-bound: the planted backbone (112 px input, a cheap forward), ``extract_tokens`` with
   ``workers=0`` (decode and resize in the main process, then forward) against
@@ -26,35 +26,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from bench.perf.jpeg_tree import write_jpeg_tree
 from scopebench.backbones import Backbone, load_backbone
 from scopebench.data.imagenet import ImageNet
 from scopebench.pipeline.cache import ActivationStore
 from scopebench.pipeline.extract import extract_tokens, plain_view
 from scopebench.pipeline.loader import available_cpus
 
-SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (333, 500)]  # common ImageNet shapes
 N_PLANTED, N_VIT, BATCH, VIT_BATCH = 256, 24, 32, 8
-
-
-def _photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Smooth colour fields plus grain: a JPEG of about ImageNet's size and decode cost."""
-    coarse = Image.fromarray(rng.integers(0, 256, size=(height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8))
-    base = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.float32)
-    grain = rng.normal(0.0, 12.0, size=(height, width, 3))
-    return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory) -> ImageNet:
-    root = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    for index in range(N_PLANTED):
-        folder = root / "train" / f"n{index % 8:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        _photo(rng, *SIZES[index % len(SIZES)]).save(folder / f"img{index:05d}.JPEG", quality=90)
-    return ImageNet(root, split="train")
+    return write_jpeg_tree(tmp_path_factory.mktemp("imagenet"), N_PLANTED)
 
 
 @pytest.fixture(scope="module")
