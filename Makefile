@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf perf-compare faults regression leaderboard-png install clean
+.PHONY: test bench perf perf-compare faults regression precision-effect leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -36,6 +36,16 @@ bench: $(STAMP)
 regression: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk --no-progress \
 		--results-dir "$$(mktemp -d)" --baseline bench/baseline
+
+# What a bf16 forward changes (README, "What bf16 does to the numbers"): the planted default benched at fp32 and
+# at bf16 (same seed, BatchTopK; removal probes left out), every quantity side by side, then random-init models
+# of the real families. A claim that bf16 breaks fails its bench run, which does not stop the comparison.
+precision-effect: $(STAMP)
+	d="$$(mktemp -d)"; for p in fp32 bf16; do \
+		$(PY) -m pytest bench -q --ignore=bench/perf -k "planted and not removal" --sae-recipes batchtopk --no-progress \
+			--precision $$p --results-dir $$d/res-$$p --cache-dir $$d/cache-$$p --plots-dir $$d/plots-$$p || true; \
+	done; $(PY) bench/precision_effect.py results $$d/res-fp32 $$d/res-bf16
+	$(PY) bench/precision_effect.py random-init
 
 # The HTML leaderboard and a screenshot of it in headless Chromium, for people to look at.
 leaderboard-png: $(STAMP)

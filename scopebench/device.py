@@ -1,7 +1,11 @@
 """Where tensors run: one rule for extraction, analyses and probes."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from scopebench.precision import check_precision
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -14,3 +18,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
     return resolved
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context a forward pass at ``precision`` runs under: nothing for fp32, else autocast on ``device``."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])

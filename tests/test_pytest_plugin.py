@@ -27,6 +27,8 @@ def test_probe(scopebench_options, activation_store, device):
         "store": str(activation_store.root),
         "device": str(device),
         "requested": scopebench_options.device,
+        "workers": scopebench_options.workers,
+        "precision": scopebench_options.precision,
         "offline": os.environ.get("HF_HUB_OFFLINE"),
     }
     Path("probe.json").write_text(__import__("json").dumps(payload))
@@ -51,12 +53,13 @@ def test_options_reach_the_fixtures(pytester, monkeypatch):
     config = pytester.path / "weights.json"
     config.write_text(json.dumps({"clip-b16": "models/clip.bin", "dinov2-b": "models/deit.safetensors"}))
     result, probe = _run(pytester, "--weights-config", str(config), "--weights", f"dinov2-b={dino}",
-                         "--cache-dir", "acts", "--device", "cpu")
+                         "--cache-dir", "acts", "--device", "cpu", "--workers", "0", "--precision", "bf16")
     result.assert_outcomes(passed=1)
     assert probe["weights"] == {"clip-b16": str(clip.resolve()), "dinov2-b": str(dino.resolve())}  # flag wins
     assert probe["config"] == str(config.resolve())
     assert probe["cache"] == probe["store"] == str((pytester.path / "acts").resolve())
     assert probe["device"] == "cpu" and probe["requested"] == "cpu"
+    assert probe["workers"] == 0 and probe["precision"] == "bf16"
     assert probe["offline"] == "1"
 
 
@@ -66,6 +69,7 @@ def test_defaults_follow_the_environment(pytester, monkeypatch):
     result, probe = _run(pytester)
     result.assert_outcomes(passed=1)
     assert probe["weights"] == {} and probe["config"] == "None" and probe["requested"] == "auto"
+    assert probe["workers"] == len(os.sched_getaffinity(0)) and probe["precision"] == "fp32"
     assert probe["cache"] == str(pytester.path / "env-cache")
     assert probe["offline"] == "0"
 
@@ -78,6 +82,9 @@ def test_defaults_follow_the_environment(pytester, monkeypatch):
     (["--weights", "dinov2-b=missing.safetensors"], "missing.safetensors for 'dinov2-b' does not exist"),
     (["--weights-config", "nope.json"], "nope.json: no such file"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--workers", "-1"], "--workers -1: give 0 (load images in the main process) or more workers"),
+    (["--workers", "two"], "invalid int value: 'two'"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
 ])
 def test_bad_options_stop_the_run_with_the_fix(pytester, args, message):
     result, probe = _run(pytester, *args)

@@ -80,3 +80,15 @@ def test_a_flipped_verdict_or_a_missing_baseline_fails(baseline: Path, tmp_path:
     (baseline / "planted__topk.json").unlink()
     passed, report = compare_dirs(load_results(COMMITTED), baseline)
     assert not passed and "no baseline for planted/topk" in report and "--update-baseline" in report
+
+
+def test_a_run_at_another_precision_is_not_compared_with_the_baseline(baseline: Path, tmp_path: Path) -> None:
+    now = tmp_path / "now"
+    shutil.copytree(COMMITTED, now)
+    path = now / "planted__topk.json"
+    data = json.loads(path.read_text())
+    data["backbone"]["precision"] = "bf16"
+    path.write_text(json.dumps(data))
+    passed, report = compare_dirs(load_results(now), baseline)
+    assert not passed and "2 records compared" in report
+    assert "planted/topk (baseline made at precision fp32, this run bf16: pass the baseline's --precision)" in report

@@ -98,6 +98,8 @@ class Inputs(Protocol):
 
     device: Any
     progress: bool
+    workers: int  # image-loading processes of a forward loop
+    precision: str  # of every backbone forward (scopebench.precision)
 
     def backbone(self, name: str) -> Any: ...
     def dataset(self, backbone: str, stage: str) -> Any: ...

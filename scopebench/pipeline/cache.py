@@ -45,6 +45,7 @@ import numpy as np
 from filelock import FileLock
 
 from scopebench.atomic import atomic_write, write_json_atomic
+from scopebench.precision import DEFAULT_PRECISION, check_precision
 from scopebench.pipeline.sealed import (SEAL_NAME, FileDigest, Seal, SealBroken, check_file, read_seal, safe_relative,
                                sha256_file, write_seal)
 
@@ -161,6 +162,7 @@ class CacheKey:
     transform: str  # how images become model input
     sampling: str  # which dataset items, in which order
     dtype: str  # storage dtype of the activations
+    precision: str = DEFAULT_PRECISION  # of the forward pass (scopebench.precision); left out of the hash when fp32
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -168,9 +170,17 @@ class CacheKey:
                 raise ValueError(f"CacheKey.{name} must be a non-empty string, got {value!r}")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"CacheKey.dtype {self.dtype!r} is not storable; use one of {SUPPORTED_DTYPES}")
+        check_precision(self.precision)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The key's fields, without ``precision`` when it is the default: fp32 keys (and folders) predate the field."""
+        fields = asdict(self)
+        if fields["precision"] == DEFAULT_PRECISION:
+            del fields["precision"]
+        return fields
 
     def canonical_json(self) -> str:
-        return canonical_json(asdict(self))
+        return canonical_json(self.as_dict())
 
     @property
     def digest(self) -> str:
@@ -264,7 +274,7 @@ class EntryMeta:
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "key": asdict(self.key),
+            "key": self.key.as_dict(),
             "key_hash": self.key.digest,
             "n_rows": self.n_rows,
             "rows_per_shard": self.rows_per_shard,

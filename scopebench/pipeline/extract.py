@@ -13,11 +13,12 @@ size or the point an interrupted run resumed from; they are stored beside the to
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,17 +28,16 @@ from tqdm.auto import tqdm
 from scopebench.backbones.base import Backbone, Grid, LayerOutput
 from scopebench.pipeline.cache import ActivationStore, CacheEntry, CacheKey, EntryMeta, ShardedArray
 from scopebench.data.base import ImageDataset
-from scopebench.device import resolve_device
-from scopebench.pipeline.scc import OverlapIndex, overlap_index, scc, square_resize
+from scopebench.device import autocast, resolve_device
+from scopebench.pipeline.loader import ResizedView, SCCViews, ViewMaker, batch_plan, load_views
+from scopebench.pipeline.scc import OverlapIndex, overlap_index
+from scopebench.precision import DEFAULT_PRECISION, check_precision
 
 STORABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _SHARD_TARGET_BYTES = 256 * 2**20  # default shard size: large enough for fast I/O, small enough to resume cheaply
 # First word of the seed sequence of patch sampling, so its stream never coincides with
 # another seeded stream of the project (e.g. the SAE sampler's default_rng([seed, epoch])).
 PATCH_SAMPLE_STREAM = 0x5A3B_0001
-
-# view name -> pixels [B, 3, S, S]; "" for the single view of plain extraction
-ViewMaker = Callable[[Sequence[torch.Tensor]], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -202,34 +202,52 @@ def _keep_patches(tokens: torch.Tensor, positions: np.ndarray | None) -> torch.T
     return torch.gather(tokens, 1, index)
 
 
+def _as_float32(out: LayerOutput) -> LayerOutput:
+    """A reduced-precision forward's output in float32, as everything downstream expects."""
+    attention = None if out.attention is None else out.attention.float()
+    return replace(out, tokens=out.tokens.float(), prefix=out.prefix.float(), attention=attention)
+
+
 def iter_forward(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, make_views: ViewMaker, batch_size: int,
-                 target: torch.device, attention: bool) -> Iterator[tuple[np.ndarray, dict[str, LayerOutput]]]:
+                 target: torch.device, attention: bool, *, workers: int = 0, precision: str = DEFAULT_PRECISION,
+                 breaks: Sequence[int] = ()) -> Iterator[tuple[np.ndarray, dict[str, LayerOutput]]]:
     """The one forward loop: images ``rows`` in batches, each view of each batch through the designated block.
 
     Yields ``(batch_rows, {view suffix: checked LayerOutput})``; call it under ``torch.inference_mode()``.
+    Images are loaded by ``workers`` DataLoader processes while the device computes (0: in this
+    process; the numbers are the same, see :mod:`scopebench.pipeline.loader`); a batch never spans
+    a position in ``breaks``.  ``precision`` other than fp32 runs the forward under autocast and
+    returns float32 outputs.  Close the generator if you stop early, so the workers stop too.
     """
     spec, grid = backbone.spec, _expected_grid(backbone)
-    for first in range(0, len(rows), batch_size):
-        batch_rows = rows[first : first + batch_size]
-        views = make_views([dataset[int(i)].image for i in batch_rows])
-        outputs = {}
-        for suffix, pixels in views.items():
-            out = backbone.forward_layer(pixels.to(target), attention=attention)
-            _check_output(out, grid, spec.embed_dim, len(batch_rows), spec.name, attention)
-            outputs[suffix] = out
-        yield batch_rows, outputs
+    batches = batch_plan(len(rows), batch_size, breaks)
+    loaded = load_views(dataset, rows, make_views, batches, workers=workers, target=target)
+    with contextlib.closing(loaded):
+        for positions, views in zip(batches, loaded):
+            batch_rows = rows[positions[0] : positions[-1] + 1]
+            outputs = {}
+            for suffix, pixels in views.items():
+                with autocast(target, precision):
+                    out = backbone.forward_layer(pixels, attention=attention)
+                if precision != DEFAULT_PRECISION:
+                    out = _as_float32(out)
+                _check_output(out, grid, spec.embed_dim, len(batch_rows), spec.name, attention)
+                outputs[suffix] = out
+            yield batch_rows, outputs
 
 
-def _compute_shard(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, make_views: ViewMaker,
-                   batch_size: int, target: torch.device, np_dtype: type, attention: bool,
-                   patch_sample: PatchSample | None, bar: tqdm) -> dict[str, np.ndarray]:
-    """Forward the images ``rows`` in batches; one array per output and view, row = image."""
+def _compute_shard(forward: Iterator[tuple[np.ndarray, dict[str, LayerOutput]]], rows: np.ndarray, np_dtype: type,
+                   attention: bool, patch_sample: PatchSample | None, bar: tqdm) -> dict[str, np.ndarray]:
+    """The arrays of the shard of images ``rows``, from the batches of ``forward`` that cover them (in order)."""
     positions = patch_sample.positions(rows) if patch_sample else None
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for first, (batch_rows, views) in zip(range(0, len(rows), batch_size),
-                                          iter_forward(backbone, dataset, rows, make_views, batch_size, target,
-                                                       attention)):
-        kept = positions[first : first + batch_size] if positions is not None else None
+    first = 0
+    while first < len(rows):
+        batch_rows, views = next(forward)
+        if not np.array_equal(batch_rows, rows[first : first + len(batch_rows)]):
+            raise RuntimeError("the forward loop's batches do not follow the shard's rows (a batch spans a shard)")
+        kept = positions[first : first + len(batch_rows)] if positions is not None else None
+        first += len(batch_rows)
         for suffix, out in views.items():
             outputs = {"tokens": _keep_patches(out.tokens, kept), "prefix": out.prefix,
                        "attention": out.attention if attention else None}
@@ -247,8 +265,14 @@ def _compute_shard(backbone: Backbone, dataset: ImageDataset, rows: np.ndarray, 
 def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, kind: str, transform: dict[str, Any],
          make_views: ViewMaker, n_views: int, indices: Sequence[int] | np.ndarray | None, batch_size: int,
          device: str | torch.device, dtype: str, shard_rows: int | None, attention: bool, progress: bool,
-         attrs: dict[str, Any], patch_sample: PatchSample | None = None) -> CacheEntry:
-    """Fill every missing shard of the entry for these inputs (under its lock), then open it."""
+         attrs: dict[str, Any], patch_sample: PatchSample | None = None, workers: int = 0,
+         precision: str = DEFAULT_PRECISION) -> CacheEntry:
+    """Fill every missing shard of the entry for these inputs (under its lock), then open it.
+
+    The missing shards are forwarded by one loop (one set of loader workers for all of them),
+    each batch within one shard, so a shard holds what a serial run over it alone writes.
+    """
+    check_precision(precision)
     if dtype not in STORABLE_DTYPES:
         raise ValueError(f"dtype {dtype!r} cannot be stored; use one of {sorted(STORABLE_DTYPES)}")
     if batch_size < 1 or (shard_rows is not None and shard_rows < 1):
@@ -261,7 +285,7 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
     spec = backbone.spec
     key = CacheKey(kind=kind + ("+attention" if attention else ""), backbone=spec.name,
                    weights_id=backbone.weights_id, layer=spec.layer, dataset=dataset.identity,
-                   transform=_canonical(transform), sampling=sampling, dtype=dtype)
+                   transform=_canonical(transform), sampling=sampling, dtype=dtype, precision=precision)
     if store.status(key) == "complete":
         return _fitting(store.read(key), backbone, patch_sample)
     np_dtype = STORABLE_DTYPES[dtype]
@@ -273,12 +297,14 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
         ranges = {index: writer.shard_range(index) for index in missing}
         if missing:
             _move_to(backbone, target)
-        with torch.inference_mode(), tqdm(total=sum(stop - start for start, stop in ranges.values()),
-                                          disable=not progress, unit="img",
-                                          desc=f"extract {key.kind} {spec.name}") as bar:
+        todo = np.concatenate([rows[start:stop] for start, stop in ranges.values()]) if ranges else rows[:0]
+        shard_starts = np.cumsum([0] + [stop - start for start, stop in ranges.values()])[:-1]
+        with torch.inference_mode(), tqdm(total=len(todo), disable=not progress, unit="img",
+                                          desc=f"extract {key.kind} {spec.name}") as bar, \
+                contextlib.closing(iter_forward(backbone, dataset, todo, make_views, batch_size, target, attention,
+                                                workers=workers, precision=precision, breaks=shard_starts)) as forward:
             for index, (start, stop) in ranges.items():
-                writer.write_shard(index, _compute_shard(backbone, dataset, rows[start:stop], make_views,
-                                                         batch_size, target, np_dtype, attention, patch_sample,
+                writer.write_shard(index, _compute_shard(forward, rows[start:stop], np_dtype, attention, patch_sample,
                                                          bar))
         if not writer.complete:
             writer.finish()
@@ -299,10 +325,6 @@ def _fitting(entry: CacheEntry, backbone: Backbone, patch_sample: PatchSample | 
                              f"{spec.name!r} gives {rows}: its weights_id ({backbone.weights_id!r}) does not pin "
                              "its geometry; give the backbone a weights_id that changes with it")
     return entry
-
-
-def _stack_resized(images: Sequence[torch.Tensor], size: int, interpolation: str) -> torch.Tensor:
-    return torch.stack([square_resize(image, size, interpolation) for image in images])
 
 
 def _patch_sample(backbone: Backbone, patches_per_image: int | None, sample_seed: int,
@@ -328,7 +350,7 @@ def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationS
                    indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
                    device: str | torch.device = "cpu", dtype: str = "float32", shard_rows: int | None = None,
                    attention: bool = False, progress: bool = True, patches_per_image: int | None = None,
-                   sample_seed: int = 0) -> Activations:
+                   sample_seed: int = 0, workers: int = 0, precision: str = DEFAULT_PRECISION) -> Activations:
     """Patch and prefix tokens of each image (square-resized to the backbone's input size).
 
     ``indices`` selects dataset items (default: all, in order); ``shard_rows`` images per
@@ -337,16 +359,19 @@ def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationS
     ``patches_per_image=k`` stores only ``k`` distinct patch tokens per image, drawn from
     ``(sample_seed, dataset index)`` (see :class:`PatchSample`); their grid positions are
     ``Activations.patch_index``.  ``sample_seed`` is ignored when every patch is kept.
+    ``workers`` DataLoader processes decode and resize images while the backbone computes (0: in
+    this process; the stored arrays are the same bytes either way).  ``precision`` "bf16" / "fp16"
+    runs the forward under autocast (a different cache entry); the default fp32 is the paper's.
     """
     patch_sample = _patch_sample(backbone, patches_per_image, sample_seed, attention)
     pre = backbone.preprocess
     transform = {"op": "square_resize", "size": pre.image_size, "interpolation": pre.interpolation,
                  "mean": list(pre.mean), "std": list(pre.std)}
     entry = _run(backbone, dataset, store, kind="tokens", transform=transform,
-                 make_views=lambda images: {"": _stack_resized(images, pre.image_size, pre.interpolation)}, n_views=1,
+                 make_views=plain_view(backbone), n_views=1,
                  indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
                  attention=attention, progress=progress, attrs=_token_attrs(backbone, patch_sample),
-                 patch_sample=patch_sample)
+                 patch_sample=patch_sample, workers=workers, precision=precision)
     arrays = entry.arrays
     patch_index = arrays.get("patch_index")
     return Activations(key=entry.meta.key, entry=entry, grid=_expected_grid(backbone), tokens=arrays["tokens"],
@@ -355,22 +380,27 @@ def extract_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationS
                        patch_index=None if patch_index is None else np.asarray(patch_index[:]))
 
 
-def scc_views(backbone: Backbone, shift: int) -> ViewMaker:
-    """Images -> ``{"_a": views A, "_b": views B}`` of ``scopebench.pipeline.scc.scc`` with the backbone's geometry."""
-    spec, pre = backbone.spec, backbone.preprocess
+def plain_view(backbone: Backbone) -> ViewMaker:
+    """Image -> ``{"": model input}``: the backbone's square resize (plain extraction's one view)."""
+    pre = backbone.preprocess
+    return ResizedView(size=pre.image_size, interpolation=pre.interpolation)
 
-    def make_views(images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        pairs = [scc(image, shift, patch_size=spec.patch_size, grid_side=spec.grid_side,
-                     interpolation=pre.interpolation) for image in images]
-        return {"_a": torch.stack([p.view_a for p in pairs]), "_b": torch.stack([p.view_b for p in pairs])}
-    return make_views
+
+def scc_views(backbone: Backbone, shift: int) -> ViewMaker:
+    """Image -> ``{"_a": view A, "_b": view B}`` of ``scopebench.pipeline.scc.scc`` with the backbone's geometry."""
+    spec, pre = backbone.spec, backbone.preprocess
+    return SCCViews(shift=shift, patch_size=spec.patch_size, grid_side=spec.grid_side, interpolation=pre.interpolation)
 
 
 def extract_scc_tokens(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, shift: int, *,
                        indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
                        device: str | torch.device = "cpu", dtype: str = "float32", shard_rows: int | None = None,
-                       attention: bool = False, progress: bool = True) -> SCCActivations:
-    """Tokens of SCC views A and B of each image (``scopebench.pipeline.scc.scc`` with the backbone's geometry)."""
+                       attention: bool = False, progress: bool = True, workers: int = 0,
+                       precision: str = DEFAULT_PRECISION) -> SCCActivations:
+    """Tokens of SCC views A and B of each image (``scopebench.pipeline.scc.scc`` with the backbone's geometry).
+
+    ``workers`` and ``precision`` as in :func:`extract_tokens`; each image is decoded once for both views.
+    """
     spec, pre = backbone.spec, backbone.preprocess
     overlap = overlap_index(spec.grid_side, shift)  # validates shift before any work
     if spec.grid_side * spec.patch_size != pre.image_size:
@@ -383,7 +413,8 @@ def extract_scc_tokens(backbone: Backbone, dataset: ImageDataset, store: Activat
     grid = _expected_grid(backbone)
     entry = _run(backbone, dataset, store, kind=f"scc-s{shift}", transform=transform, make_views=make_views,
                  n_views=2, indices=indices, batch_size=batch_size, device=device, dtype=dtype, shard_rows=shard_rows,
-                 attention=attention, progress=progress, attrs={"grid": asdict(grid), "shift": shift})
+                 attention=attention, progress=progress, attrs={"grid": asdict(grid), "shift": shift},
+                 workers=workers, precision=precision)
     arrays = entry.arrays
     return SCCActivations(key=entry.meta.key, entry=entry, grid=grid, shift=shift, overlap=overlap,
                           tokens_a=arrays["tokens_a"], tokens_b=arrays["tokens_b"], prefix_a=arrays["prefix_a"],

@@ -131,7 +131,8 @@ def workbench(pytestconfig: pytest.Config, scopebench_options: ScopebenchOptions
                      data_root=Path(root) if root else None, external_saes=pytestconfig.stash[_EXTERNAL_KEY],
                      progress=not pytestconfig.getoption("no_progress"),
                      propagate=pytestconfig.getoption("propagate"), seed=pytestconfig.getoption("seed"),
-                     scales=pytestconfig.stash[_SCALES_KEY])
+                     scales=pytestconfig.stash[_SCALES_KEY], workers=scopebench_options.workers,
+                     precision=scopebench_options.precision)
 
 
 @pytest.fixture(scope="session")

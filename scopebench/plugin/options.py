@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scopebench.pipeline.cache import CACHE_ENV
+from scopebench.precision import DEFAULT_PRECISION, PRECISIONS
 
 if TYPE_CHECKING:
     import pytest
@@ -88,6 +89,13 @@ OPTIONS: tuple[Option, ...] = (
            help=f"activation cache root (default: ${CACHE_ENV}, else ~/.cache/scopebench)"),
     Option("--device", default="auto", choices=DEVICES,
            help="where backbones run: auto (CUDA when available), cpu or cuda"),
+    Option("--workers", type=int, metavar="N",
+           help="image-loading processes of each extraction: DataLoader workers decode, resize and cut SCC views "
+                "while the backbone computes (0: in the main process; default: the CPUs this process may use). "
+                "The stored tokens are the same bytes for every N"),
+    Option("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+           help="precision of the backbone's forward pass: fp32 (the paper's, default) or bf16 / fp16 under autocast "
+                "on the device (faster on GPUs; another cache entry, recorded in result files)"),
     # the SAEs under test
     Option("--sae", action="append", default=(), metavar="[BACKBONE/]NAME=PATH",
            help="evaluate an SAE checkpoint (native, SAELens, dictionary_learning, overcomplete) under NAME; "

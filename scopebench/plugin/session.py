@@ -2,8 +2,8 @@
 
 ``--weights NAME=PATH`` (repeatable) and ``--weights-config FILE`` (or ``$SCOPEBENCH_WEIGHTS_CONFIG``;
 read by :func:`scopebench.backbones.weights.read_config_file`) become one mapping backbone name ->
-weights file, explicit ``--weights`` entries winning; ``--cache-dir`` and ``--device`` are checked
-too.  Every problem is a ``pytest.UsageError`` naming the fix, before any test runs.
+weights file, explicit ``--weights`` entries winning; ``--cache-dir``, ``--device`` and ``--workers``
+are checked too (``--workers`` defaults to the CPUs this process may use).  Every problem is a ``pytest.UsageError`` naming the fix, before any test runs.
 ``HF_HUB_OFFLINE=1`` is set at configure time unless the user set it, so nothing ever waits on the
 network.  Fixtures: ``scopebench_options``, ``activation_store``, ``device``.
 """
@@ -23,6 +23,8 @@ from scopebench.backbones.sources import get_source
 from scopebench.backbones.weights import CONFIG_ENV, WeightsNotFound, read_config_file
 from scopebench.pipeline.cache import CACHE_ENV, ActivationStore, default_cache_dir
 from scopebench.device import resolve_device
+from scopebench.pipeline.loader import available_cpus
+from scopebench.precision import DEFAULT_PRECISION
 from scopebench.plugin.options import split_name_path
 
 
@@ -34,6 +36,8 @@ class ScopebenchOptions:
     weights_config: Path | None
     cache_dir: Path
     device: str  # as requested: auto | cpu | cuda
+    workers: int = 0  # image-loading processes per extraction
+    precision: str = DEFAULT_PRECISION  # of the backbone's forward pass
 
     def weights_for(self, backbone: str) -> Path | None:
         """Explicit weights file for ``backbone``, or None (then the Hugging Face cache is tried)."""
@@ -108,9 +112,13 @@ def options_from_config(config: pytest.Config) -> ScopebenchOptions:
     device = config.getoption("device")
     if device == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--device cuda: CUDA is not available here; use --device cpu or --device auto")
+    workers = config.getoption("workers")
+    if workers is not None and workers < 0:
+        raise pytest.UsageError(f"--workers {workers}: give 0 (load images in the main process) or more workers")
     return ScopebenchOptions(weights=MappingProxyType(weights), weights_config=config_path,
                              cache_dir=checked_folder(cache_dir or default_cache_dir(), _cache_origin(cache_dir)),
-                             device=device)
+                             device=device, workers=available_cpus() if workers is None else workers,
+                             precision=config.getoption("precision"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -39,6 +39,8 @@ class BackboneInfo(BaseModel):
 
     name: str
     weights_id: Optional[str] = None  # e.g. HF repo + file, or the sha256 of a local weights file
+    # of the forward pass that made the tokens (scopebench.precision); files written before the option are fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 class SAEInfo(BaseModel):

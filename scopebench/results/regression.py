@@ -100,6 +100,10 @@ def compare_dirs(records: Iterable[ResultRecord], baseline_dir: Path) -> tuple[b
         if base.backbone.weights_id != record.backbone.weights_id:
             missing.append(f"{record.label} (baseline made with other weights: {base.backbone.weights_id})")
             continue
+        if base.backbone.precision != record.backbone.precision:
+            missing.append(f"{record.label} (baseline made at precision {base.backbone.precision}, this run "
+                           f"{record.backbone.precision}: pass the baseline's --precision)")
+            continue
         compared += 1
         drifts += compare(record, base, tolerances)
     lines = [f"scopebench regression against {baseline_dir}: {compared} records compared"]

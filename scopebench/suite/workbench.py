@@ -25,6 +25,8 @@ from scopebench.data.base import ImageDataset
 from scopebench.suite.stages import DatasetUnavailable, bench_dataset
 from scopebench.device import resolve_device
 from scopebench.pipeline.extract import Activations, SCCActivations, extract_scc_tokens, extract_tokens
+from scopebench.pipeline.loader import check_workers
+from scopebench.precision import DEFAULT_PRECISION, check_precision
 from scopebench.analyses.outliers import resolve_tau, token_norms
 from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, DatasetInfo, SAEInfo, output_json
 from scopebench.sae import SparseAutoencoder, load_recipe, load_sae, train_sae
@@ -41,8 +43,11 @@ class Workbench:
     def __init__(self, store: ActivationStore, *, device: str = "auto",
                  weights_map: Mapping[str, Path] | None = None, data_root: Path | None = None,
                  external_saes: Mapping[str, Path] | None = None, progress: bool = True,
-                 scales: Mapping[str, BenchScale] | None = None, propagate: bool = False, seed: int = 0) -> None:
+                 scales: Mapping[str, BenchScale] | None = None, propagate: bool = False, seed: int = 0,
+                 workers: int = 0, precision: str = DEFAULT_PRECISION) -> None:
         self.store = store
+        self.workers = check_workers(workers)  # image-loading processes of every forward loop (0: in this process)
+        self.precision = check_precision(precision)  # of every backbone forward (fp32: the paper's)
         self.seed = seed  # baseline SAE training seed
         self.propagate = propagate  # removal probes: run edited tokens through the remaining blocks
         self.device = resolve_device(device)
@@ -123,14 +128,14 @@ class Workbench:
         patches = scale.train_patches_per_image if purpose == "train" else None
         return self._once(("tokens", backbone, purpose), lambda: extract_tokens(
             model, data, self.store, batch_size=scale.batch_size, device=self.device, progress=self.progress,
-            patches_per_image=patches, sample_seed=0))
+            patches_per_image=patches, sample_seed=0, workers=self.workers, precision=self.precision))
 
     def scc_tokens(self, backbone: str, shift: int) -> SCCActivations:
         model = self.backbone(backbone)
         data = self.dataset(backbone, "scc")
         return self._once(("scc", backbone, shift), lambda: extract_scc_tokens(
             model, data, self.store, shift, batch_size=self.scale(backbone).batch_size, device=self.device,
-            progress=self.progress))
+            progress=self.progress, workers=self.workers, precision=self.precision))
 
     def tau(self, backbone: str) -> float:
         def build() -> float:
@@ -207,7 +212,8 @@ class Workbench:
                                                         n_images=len(data))
         return AnalysisResult(
             analysis=analysis, output=output, device=str(self.device),
-            backbone=BackboneInfo(name=backbone, weights_id=self.backbone(backbone).weights_id),
+            backbone=BackboneInfo(name=backbone, weights_id=self.backbone(backbone).weights_id,
+                                  precision=self.precision),
             sae=None if sae is None else SAEInfo(name=sae, **self.sae_identity(backbone, sae)),
             record=AnalysisRecord(config=self.config(analysis, backbone).model_dump(mode="json"), dataset=dataset,
                                   output=output_json(output)))

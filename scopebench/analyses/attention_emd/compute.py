@@ -11,6 +11,7 @@ from scopebench.analyses.attention_emd.accumulator import AttentionEMDAccumulato
 from scopebench.pipeline.extract import iter_forward, scc_views
 from scopebench.analyses.outliers import outlier_mask
 from scopebench.pipeline.scc import overlap_index
+from scopebench.precision import DEFAULT_PRECISION
 
 
 def shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDConfig) -> ShiftEMD:
@@ -19,6 +20,8 @@ def shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDConf
     key = {"analysis": "attention_emd", "backbone": backbone, "weights": model.weights_id, "layer": model.spec.layer,
            "data": data.identity, "shift": shift, "tau": tau, "version": 2,
            "config": config.model_dump(mode="json", exclude={"shifts"})}
+    if bench.precision != DEFAULT_PRECISION:  # fp32 memos keep the keys they had before the option
+        key["precision"] = bench.precision
     return bench.persisted(key, ShiftEMD, lambda: _shift_emd(bench, backbone, shift, config))
 
 
@@ -32,7 +35,8 @@ def _shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDCon
     with torch.inference_mode(), tqdm(total=len(rows), desc=f"attention EMD s={shift}", unit="img",
                                       disable=not bench.progress) as bar:
         for batch_rows, views in iter_forward(model, data, rows, scc_views(model, shift), config.batch_images,
-                                              bench.device, attention=True):
+                                              bench.device, attention=True, workers=bench.workers,
+                                              precision=bench.precision):
             out_a, out_b = views["_a"], views["_b"]
             mask = torch.from_numpy(outlier_mask(out_a.tokens.float().norm(dim=-1).cpu().numpy(), tau))
             accumulator.update(out_a.attention.cpu(), out_b.attention.cpu(), mask)
