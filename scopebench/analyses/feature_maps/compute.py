@@ -43,7 +43,7 @@ def _overlap_thumbnails(bench: Inputs, backbone: str, shift: int, dataset_indice
     start = shift * spec.patch_size
     out = {}
     for index in np.unique(dataset_indices):
-        view_a = views([data[int(index)].image])["_a"][0, :, start:, start:]
+        view_a = views(data[int(index)].image)["_a"][:, start:, start:]
         out[int(index)] = _png(square_resize(view_a, size, "bilinear"))
     return out
 
