@@ -7,45 +7,15 @@ number of terms summed.  The kill-and-resume and concurrent-launch cases are in 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from distributed_launch import run_driver
 from scopebench import distributed
 
-DRIVER = Path(__file__).with_name("distributed_driver.py")
 U64 = 2.0**-53  # unit roundoff of float64
-
-
-def launch_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
-            **extra}
-
-
-def torchrun(*args: str, nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-
-
-def driver_command(cache: Path, out: Path, ranks: int) -> list[str]:
-    return torchrun(str(DRIVER), str(cache), str(out), nproc=ranks) if ranks > 1 else \
-        [sys.executable, str(DRIVER), str(cache), str(out)]
-
-
-def run_driver(cache: Path, out: Path, *, ranks: int, timeout: float = 300) -> dict:
-    """Rank 0's digest, with every other rank's under ``"ranks"``."""
-    done = subprocess.run(driver_command(cache, out, ranks), env=launch_env(), capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    digest = json.loads(out.read_text())
-    digest["ranks"] = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(1, ranks)]
-    return digest
 
 
 def gamma(n: int) -> float:
