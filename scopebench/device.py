@@ -9,7 +9,11 @@ from scopebench.precision import check_precision
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` or ``None`` -> CUDA when available, else CPU; other names are checked, not guessed."""
+    """``"auto"`` or ``None`` -> CUDA when available, else CPU; other names are checked, not guessed.
+
+    ``cuda`` is the current CUDA device: under torchrun, :func:`scopebench.distributed.init_from_env`
+    makes it the rank's GPU (``LOCAL_RANK``).
+    """
     if isinstance(device, torch.device):
         return device
     if device is None or device == "auto":

@@ -390,3 +390,49 @@ def test_entry_replaced_while_reading_says_removed(tmp_path):
         writer.write_shard(0, {name: a[0:4] for name, a in data.items()})
     with pytest.raises(CacheMissing, match="removed while reading"):
         tokens[9]
+
+
+# ---------------------------------------------------------------- shards written by the ranks of a torchrun launch
+
+def test_shards_of_other_ranks_are_adopted_after_their_sha256_is_checked(tmp_path):
+    from scopebench.pipeline.cache import ShardWriter
+
+    store, data = ActivationStore(tmp_path), _data()
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:  # rank 0 holds the entry
+        ranks = ShardWriter(store.path(KEY), n_rows=10, rows_per_shard=4)
+        for index in (0, 1, 2):
+            start, stop = ranks.shard_range(index)
+            ranks.write_shard(index, {name: a[start:stop] for name, a in data.items()})
+        assert writer.missing_shards() == [0, 1, 2]  # written, not listed yet
+        _flip_byte(_shard_file(store, index=1))  # e.g. a writer racing it after the record was written
+        problems = writer.adopt_shards()
+        assert len(problems) == 1 and "00001.record.json" in problems[0] and "sha256" in problems[0]
+        assert writer.missing_shards() == [1]  # refused: to be written again
+        assert not list((store.path(KEY) / "shards").glob("*.record.json"))
+        writer.write_shard(1, {name: a[4:8] for name, a in data.items()})
+        writer.finish()
+    entry = store.read(KEY)
+    for name, array in data.items():
+        np.testing.assert_array_equal(entry[name][:], array)
+
+
+def test_a_dead_launchs_shards_are_resumed_by_the_next_writer(tmp_path):
+    from scopebench.pipeline.cache import ShardWriter
+
+    store, data = ActivationStore(tmp_path), _data()
+    with store.writer(KEY, n_rows=10, rows_per_shard=4):
+        ShardWriter(store.path(KEY), n_rows=10, rows_per_shard=4).write_shard(2, {n: a[8:10] for n, a in data.items()})
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:  # the launch died before rank 0 adopted them
+        assert writer.missing_shards() == [0, 1]
+
+
+def test_a_record_of_another_layout_is_refused(tmp_path):
+    from scopebench.pipeline.cache import ShardWriter
+
+    store, data = ActivationStore(tmp_path), _data()
+    with store.writer(KEY, n_rows=10, rows_per_shard=4) as writer:
+        writer.write_shard(0, {name: a[0:4] for name, a in data.items()})
+        ShardWriter(store.path(KEY), n_rows=10, rows_per_shard=4).write_shard(
+            1, {"tokens": data["tokens"][4:8, :2], "prefix": data["prefix"][4:8]})  # rows of another shape
+        problems = writer.adopt_shards()
+    assert len(problems) == 1 and "differ from the entry's" in problems[0] and writer.missing_shards() == [1, 2]

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scopebench"
-#: low to high; top-level modules of the package (atomic, device, keys, names, paper, precision) are layer 0
+#: low to high; top-level modules of the package (atomic, device, distributed, keys, names, paper, precision) are
+#: layer 0
 LAYERS = [
-    ("foundation", {"atomic", "device", "keys", "names", "paper", "precision"}),
+    ("foundation", {"atomic", "device", "distributed", "keys", "names", "paper", "precision"}),
     ("building blocks", {"backbones", "data", "sae", "emd", "probes", "baselines"}),
     ("pipeline", {"pipeline"}),
     ("analyses", {"analyses"}),

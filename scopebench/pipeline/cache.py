@@ -593,6 +593,51 @@ class EntryWriter:
         self.meta.shards = sorted(kept + records, key=lambda r: (r.index, r.array))
         _write_json(self._dir / META_NAME, self.meta.to_json())
 
+    def adopt_shards(self) -> list[str]:
+        """List in meta.json the shards other processes wrote with a :class:`ShardWriter`.
+
+        Each shard's record file is checked against the entry's layout and every array file
+        against its sha256 before it is listed; a record that does not verify (a writer killed
+        or racing another) is deleted, so its shard counts as missing and is written again.
+        Returns what was wrong with each refused record.
+        """
+        problems: list[str] = []
+        done = self.meta.done_shards()
+        for path in sorted((self._dir / SHARD_DIR).glob(f"*{_RECORD_SUFFIX}")):
+            try:
+                records = self._verified_records(path)
+            except (CacheCorrupted, ValueError, KeyError, TypeError, OSError) as err:
+                problems.append(f"{path.name}: {err}")
+                path.unlink(missing_ok=True)
+                continue
+            if records[0].index not in done:
+                kept = [r for r in self.meta.shards if r.index != records[0].index]
+                self.meta.shards = sorted(kept + records, key=lambda r: (r.index, r.array))
+                _write_json(self._dir / META_NAME, self.meta.to_json())
+                done.add(records[0].index)
+            path.unlink()
+        return problems
+
+    def _verified_records(self, path: Path) -> list[ShardRecord]:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        index, arrays = _meta_int(data["index"], "index"), _meta_dict(data["arrays"], "arrays")
+        if not index < self.meta.n_shards:
+            raise ValueError(f"shard {index} is outside the entry's {self.meta.n_shards} shards")
+        layout = {name: {"row_shape": [_meta_int(d, "row_shape") for d in _meta_list(spec["row_shape"], "row_shape")],
+                         "dtype": _dtype_name(spec["dtype"], name)} for name, spec in arrays.items()}
+        if self.meta.arrays and layout != self.meta.arrays:
+            raise ValueError(f"arrays {layout} differ from the entry's {self.meta.arrays}")
+        start, stop = self.meta.shard_range(index)
+        records = [ShardRecord(array=_array_name(name), index=index, start=start, stop=stop,
+                               file=_shard_file(name, index), sha256=str(spec["sha256"]),
+                               bytes=_meta_int(spec["bytes"], "bytes")) for name, spec in arrays.items()]
+        for record in records:
+            _check_shard(self._dir, record, tuple(layout[record.array]["row_shape"]), layout[record.array]["dtype"],
+                         True, self._root)
+        if not self.meta.arrays:
+            self.meta.arrays = layout
+        return records
+
     def finish(self) -> None:
         """Mark the entry complete; every shard must have been written."""
         missing = self.missing_shards()
@@ -608,6 +653,41 @@ class EntryWriter:
         write_seal(self._dir, TOKENS, [META_NAME, *(r.file for r in self.meta.shards)],
                    info={"backbone": key.backbone, "dataset": key.dataset, "kind": key.kind},
                    known={r.file: FileDigest(sha256=r.sha256, bytes=r.bytes) for r in self.meta.shards})
+
+
+_RECORD_SUFFIX = ".record.json"
+
+
+class ShardWriter:
+    """Writes shards of an entry whose lock another process holds (a rank of a torchrun launch).
+
+    Rank 0 holds the entry's lock for the whole launch; every rank writes its own shards with a
+    ShardWriter: the array files atomically, then ``shards/<index>.record.json`` (their sha256
+    and layout), last.  Rank 0 lists them in meta.json with :meth:`EntryWriter.adopt_shards`
+    once every rank is done, so meta.json has one writer and a killed rank leaves whole shards
+    (adopted by the next launch) or files without a record (written again).
+    """
+
+    def __init__(self, entry_dir: Path, n_rows: int, rows_per_shard: int):
+        self._dir = entry_dir
+        self._n_rows, self._rows_per_shard = n_rows, rows_per_shard
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = index * self._rows_per_shard
+        return start, min(start + self._rows_per_shard, self._n_rows)
+
+    def write_shard(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        start, stop = self.shard_range(index)
+        described = {}
+        for name, array in arrays.items():
+            _dtype_name(array.dtype.name, _array_name(name))
+            if array.shape[0] != stop - start:
+                raise ValueError(f"shard {index} of {name!r} has {array.shape[0]} rows, expected {stop - start}")
+            final = self._dir / _shard_file(name, index)
+            atomic_write(final, lambda handle, a=array: np.save(handle, np.ascontiguousarray(a), allow_pickle=False))
+            described[name] = {"row_shape": list(array.shape[1:]), "dtype": array.dtype.name,
+                               "sha256": sha256_file(final), "bytes": final.stat().st_size}
+        _write_json(self._dir / SHARD_DIR / f"{index:05d}{_RECORD_SUFFIX}", {"index": index, "arrays": described})
 
 
 @dataclass(frozen=True)
@@ -773,7 +853,8 @@ class ActivationStore:
         """Yield an :class:`EntryWriter` for ``key`` while holding the entry's lock.
 
         A new entry gets ``rows_per_shard``; an existing one keeps its own layout and resumes
-        at its first missing shard, after re-verifying the shards already written.  A complete
+        at its first missing shard, after re-verifying the shards already written (and adopting
+        those that ranks of a torchrun launch wrote, :class:`ShardWriter`).  A complete
         entry that is not sealed (its writer stopped just before) is re-verified and sealed.
         """
         if n_rows < 1 or rows_per_shard < 1:
@@ -789,6 +870,7 @@ class ActivationStore:
                                  scopebench_version=_package_version(), attrs=dict(attrs or {}))
                 _write_json(entry_dir / META_NAME, meta.to_json())
             writer = EntryWriter(entry_dir, meta, self.root)
+            writer.adopt_shards()  # shards the ranks of an interrupted torchrun launch left
             if meta.complete and not (entry_dir / SEAL_NAME).exists():
                 writer._seal()
             yield writer
@@ -940,4 +1022,4 @@ def _is_legacy(kind: str, path: Path) -> bool:
 
 __all__ = ["ARTEFACT_DIRS", "CACHE_ENV", "TOKENS", "ActivationStore", "ArtefactSlot", "CacheCorrupted", "CacheEntry",
            "CacheError", "CacheIncomplete", "CacheKey", "CacheMissing", "EntryInfo", "EntryMeta", "EntryWriter",
-           "ShardedArray", "canonical_json", "default_cache_dir", "sha256_file"]
+           "ShardWriter", "ShardedArray", "canonical_json", "default_cache_dir", "sha256_file"]

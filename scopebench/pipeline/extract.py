@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -26,7 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from scopebench.backbones.base import Backbone, Grid, LayerOutput
-from scopebench.pipeline.cache import ActivationStore, CacheEntry, CacheKey, EntryMeta, ShardedArray
+from scopebench import distributed
+from scopebench.pipeline.cache import (ActivationStore, CacheEntry, CacheError, CacheKey, EntryMeta, EntryWriter,
+                                       ShardedArray, ShardWriter)
 from scopebench.data.base import ImageDataset
 from scopebench.device import autocast, resolve_device
 from scopebench.pipeline.loader import ResizedView, SCCViews, ViewMaker, batch_plan, load_views
@@ -286,29 +288,84 @@ def _run(backbone: Backbone, dataset: ImageDataset, store: ActivationStore, *, k
     key = CacheKey(kind=kind + ("+attention" if attention else ""), backbone=spec.name,
                    weights_id=backbone.weights_id, layer=spec.layer, dataset=dataset.identity,
                    transform=_canonical(transform), sampling=sampling, dtype=dtype, precision=precision)
-    if store.status(key) == "complete":
+    if distributed.from_main(lambda: store.status(key) == "complete", f"cache status of {key.digest[:12]}"):
         return _fitting(store.read(key), backbone, patch_sample)
     np_dtype = STORABLE_DTYPES[dtype]
     per_shard = shard_rows or _shard_rows(backbone, n_views, np.dtype(np_dtype).itemsize, attention, len(rows),
                                           patch_sample)
     target = resolve_device(device)
-    with store.writer(key, n_rows=len(rows), rows_per_shard=per_shard, attrs=attrs) as writer:
-        missing = writer.missing_shards()
-        ranges = {index: writer.shard_range(index) for index in missing}
-        if missing:
-            _move_to(backbone, target)
+
+    def computed(ranges: dict[int, tuple[int, int]], shown: tqdm) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Each shard of ``ranges`` in order, from one loader over all their rows (decoding overlaps the forward)."""
         todo = np.concatenate([rows[start:stop] for start, stop in ranges.values()]) if ranges else rows[:0]
         shard_starts = np.cumsum([0] + [stop - start for start, stop in ranges.values()])[:-1]
-        with torch.inference_mode(), tqdm(total=len(todo), disable=not progress, unit="img",
-                                          desc=f"extract {key.kind} {spec.name}") as bar, \
-                contextlib.closing(iter_forward(backbone, dataset, todo, make_views, batch_size, target, attention,
-                                                workers=workers, precision=precision, breaks=shard_starts)) as forward:
+        with contextlib.closing(iter_forward(backbone, dataset, todo, make_views, batch_size, target, attention,
+                                             workers=workers, precision=precision, breaks=shard_starts)) as forward:
             for index, (start, stop) in ranges.items():
-                writer.write_shard(index, _compute_shard(forward, rows[start:stop], np_dtype, attention, patch_sample,
-                                                         bar))
-        if not writer.complete:
-            writer.finish()
+                yield index, _compute_shard(forward, rows[start:stop], np_dtype, attention, patch_sample, shown)
+
+    def bar(total: int) -> tqdm:
+        return tqdm(total=total, disable=not progress or not distributed.is_main(), unit="img",
+                    desc=f"extract {key.kind} {spec.name}")
+
+    if distributed.world_size() == 1:
+        with store.writer(key, n_rows=len(rows), rows_per_shard=per_shard, attrs=attrs) as writer:
+            missing = writer.missing_shards()
+            ranges = {index: writer.shard_range(index) for index in missing}
+            if missing:
+                _move_to(backbone, target)
+            with torch.inference_mode(), bar(sum(stop - start for start, stop in ranges.values())) as shown:
+                for index, arrays in computed(ranges, shown):
+                    writer.write_shard(index, arrays)
+            if not writer.complete:
+                writer.finish()
+    else:
+        _run_ranks(store, key, rows, per_shard, attrs, computed, bar, lambda: _move_to(backbone, target))
     return _fitting(store.read(key), backbone, patch_sample)
+
+
+def _run_ranks(store: ActivationStore, key: CacheKey, rows: np.ndarray, per_shard: int, attrs: dict[str, Any],
+               computed: Callable[[dict[int, tuple[int, int]], tqdm], Iterator[tuple[int, dict[str, np.ndarray]]]],
+               bar: Callable[[int], tqdm],
+               move: Callable[[], None]) -> None:
+    """The shard loop of a torchrun launch: rank 0 holds the entry, each rank writes its share of the shards.
+
+    Rank 0 opens the entry under its lock (resuming, verifying) and sends every rank the missing
+    shards; rank ``r`` writes ``missing[r::world]`` with a :class:`ShardWriter`; once every rank
+    is done, rank 0 lists the shards in meta.json (each file checked against its sha256) and
+    seals the entry, all before it lets go of the lock.  A second launch on the same key waits
+    for the lock, then finds the entry complete.
+    """
+    what = f"extraction of {key.kind} {key.backbone} ({key.digest[:12]})"
+    opened: list[EntryWriter] = []  # rank 0's writer, holding the entry's lock until the commit
+    with contextlib.ExitStack() as held:
+        def plan() -> dict[str, Any]:
+            opened.append(held.enter_context(store.writer(key, n_rows=len(rows), rows_per_shard=per_shard,
+                                                          attrs=attrs)))
+            return {"missing": opened[0].missing_shards(), "rows_per_shard": opened[0].meta.rows_per_shard}
+
+        layout = distributed.from_main(plan, what)
+        shards = ShardWriter(store.path(key), len(rows), layout["rows_per_shard"])
+        mine = distributed.share(layout["missing"])
+        with distributed.together(what):
+            if mine:
+                move()
+            ranges = {index: shards.shard_range(index) for index in mine}
+            with torch.inference_mode(), bar(sum(stop - start for start, stop in ranges.values())) as shown:
+                for index, arrays in computed(ranges, shown):
+                    shards.write_shard(index, arrays)
+
+        def commit() -> None:
+            writer = opened[0]
+            problems = writer.adopt_shards()
+            missing = writer.missing_shards()
+            if missing:
+                raise CacheError(f"{what}: shards {missing} are missing after every rank finished"
+                                 + (f" ({'; '.join(problems)})" if problems else "") + "; re-run to write them")
+            if not writer.complete:
+                writer.finish()
+
+        distributed.from_main(commit, what)
 
 
 def _fitting(entry: CacheEntry, backbone: Backbone, patch_sample: PatchSample | None) -> CacheEntry:

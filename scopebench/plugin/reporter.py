@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from scopebench import distributed
 from scopebench.claims.registry import Claim, Verdict, check_all
 from scopebench.keys import base_name
 from scopebench.results.leaderboard import build_frame, load_results, render_text
@@ -295,8 +296,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         workeroutput[_WORKER_OUTPUT] = _session_to_json(claims)
         return
-    if not claims.pending or config.getoption("no_results"):
-        return
+    if not claims.pending or config.getoption("no_results") or not distributed.is_main():
+        return  # under torchrun every rank measured the same numbers: rank 0 alone writes them
     claims.messages = _save(claims, config)
     baseline = config.getoption("baseline")
     if baseline is not None:
@@ -310,7 +311,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.outcomes or hasattr(config, "workerinput"):
+    if session is None or not session.outcomes or hasattr(config, "workerinput") or not distributed.is_main():
         return
     rows = _finalise_rows(session)
     terminalreporter.section("scopebench claims")

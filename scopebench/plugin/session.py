@@ -5,7 +5,8 @@ read by :func:`scopebench.backbones.weights.read_config_file`) become one mappin
 weights file, explicit ``--weights`` entries winning; ``--cache-dir``, ``--device`` and ``--workers``
 are checked too (``--workers`` defaults to the CPUs this process may use).  Every problem is a ``pytest.UsageError`` naming the fix, before any test runs.
 ``HF_HUB_OFFLINE=1`` is set at configure time unless the user set it, so nothing ever waits on the
-network.  Fixtures: ``scopebench_options``, ``activation_store``, ``device``.
+network.  Under ``torchrun`` each rank joins the launch's process group here
+(:func:`scopebench.distributed.init_from_env`).  Fixtures: ``scopebench_options``, ``activation_store``, ``device``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from types import MappingProxyType
 import pytest
 import torch
 
+from scopebench import distributed
 from scopebench.backbones.registry import REGISTRY
 from scopebench.backbones.sources import get_source
 from scopebench.backbones.weights import CONFIG_ENV, WeightsNotFound, read_config_file
@@ -121,9 +123,27 @@ def options_from_config(config: pytest.Config) -> ScopebenchOptions:
                              precision=config.getoption("precision"))
 
 
+def _join_launch(config: pytest.Config) -> None:
+    """Under ``torchrun`` every rank runs the whole session in step; join the launch's process group."""
+    if not distributed.launched():
+        return
+    if config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError("pytest-xdist (-n) cannot run under torchrun: the ranks already split the work; "
+                                "drop -n (or drop torchrun and keep -n)")
+    try:
+        distributed.init_from_env()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config.stash[_OPTIONS_KEY] = options_from_config(config)
+    _join_launch(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    distributed.leave()
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from scopebench import distributed
 from scopebench.analyses import AnalysisConfig, AnalysisOutput, Unavailable, get_analysis
 from scopebench.backbones import WeightsNotFound, get_spec, load_backbone
 from scopebench.backbones.base import Backbone
 from scopebench.suite.scales import BenchScale, scale_for
-from scopebench.pipeline.cache import ActivationStore
+from scopebench.pipeline.cache import ActivationStore, ArtefactSlot
 from scopebench.data.base import ImageDataset
 from scopebench.suite.stages import DatasetUnavailable, bench_dataset
 from scopebench.device import resolve_device
@@ -37,6 +38,15 @@ T = TypeVar("T")
 _MEMO_FILE = "memo.json"
 
 __all__ = ["Unavailable", "Workbench"]
+
+
+def _memo_of(slot: ArtefactSlot, model: type[BaseModel]) -> Any:
+    """The result in a sealed memo, refused (CacheCorrupted) when it is not a ``model``."""
+    stored = slot.read_json(_MEMO_FILE)
+    try:
+        return model.model_validate(stored["result"])
+    except (KeyError, TypeError, ValidationError) as err:
+        raise slot.corrupted(_MEMO_FILE, f"not a {model.__name__} ({type(err).__name__}: {err})") from None
 
 
 class Workbench:
@@ -90,17 +100,43 @@ class Workbench:
         """
         info = {"backbone": key.get("backbone"), "name": key.get("analysis"), "dataset": key.get("data"),
                 "shape": f"s={key['shift']}" if "shift" in key else ""}
+        if distributed.world_size() > 1:
+            return self._persisted_by_ranks(key, info, model, build)
         with self.store.artefact("memo", key, info=info) as slot:
             if slot.sealed:
-                stored = slot.read_json(_MEMO_FILE)
-                try:
-                    return model.model_validate(stored["result"])
-                except (KeyError, TypeError, ValidationError) as err:
-                    raise slot.corrupted(_MEMO_FILE, f"not a {model.__name__} ({type(err).__name__}: {err})") from None
+                return _memo_of(slot, model)
             found = build()
             slot.write_json(_MEMO_FILE, {"key": key, "result": found.model_dump(mode="json")})
             slot.seal([_MEMO_FILE])
         return found
+
+    def _persisted_by_ranks(self, key: dict[str, Any], info: dict[str, Any], model: type[BaseModel],
+                            build: Callable[[], BaseModel]) -> Any:
+        """:meth:`persisted` under torchrun: every rank builds its share, rank 0 alone reads and writes the memo.
+
+        The memo's lock is held only by rank 0 and only to read or write it, never while the
+        ranks build together (the others would wait on it for ever).
+        """
+        what = f"memo of {key.get('analysis')} {key.get('backbone')}"
+
+        def stored() -> dict[str, Any] | None:
+            with self.store.artefact("memo", key, info=info) as slot:
+                return _memo_of(slot, model).model_dump(mode="json") if slot.sealed else None
+
+        found = distributed.from_main(stored, what)
+        if found is not None:
+            return model.model_validate(found)
+        with distributed.together(what):
+            built = build()
+
+        def write() -> None:
+            with self.store.artefact("memo", key, info=info) as slot:
+                if not slot.sealed:  # another launch may have sealed it meanwhile: the same numbers, keep it
+                    slot.write_json(_MEMO_FILE, {"key": key, "result": built.model_dump(mode="json")})
+                    slot.seal([_MEMO_FILE])
+
+        distributed.from_main(write, what)
+        return built
 
     # ------------------------------------------------------------------ inputs
     def backbone(self, name: str) -> Backbone:
@@ -176,17 +212,25 @@ class Workbench:
         config = recipe.sae_config(int(tokens.tokens.shape[-1]))
         info = {"backbone": backbone, "name": name, "dataset": tokens.key.dataset,
                 "shape": f"{config['d_in']}x{config['d_sae']}"}
-        with self.store.artefact("sae", key, info=info) as slot:
-            if slot.sealed:  # every file matched its sha256
-                try:
-                    sae = load_native(slot.path / SAE_DIR)
-                except (ValueError, KeyError, TypeError) as err:
-                    raise slot.corrupted(SAE_DIR, f"sealed checkpoint cannot be loaded ({err})") from None
-            else:  # nothing there, or a run that stopped before sealing: train (resuming its state), then seal
-                sae = train_sae(recipe, tokens.tokens, seed=self.seed, device=str(self.device), checkpoint_dir=slot.path,
-                                progress=self.progress).sae
+
+        def trained() -> SparseAutoencoder:
+            with self.store.artefact("sae", key, info=info) as slot:
+                if slot.sealed:  # every file matched its sha256
+                    try:
+                        return load_native(slot.path / SAE_DIR)
+                    except (ValueError, KeyError, TypeError) as err:
+                        raise slot.corrupted(SAE_DIR, f"sealed checkpoint cannot be loaded ({err})") from None
+                # nothing there, or a run that stopped before sealing: train (resuming its state), then seal
+                sae = train_sae(recipe, tokens.tokens, seed=self.seed, device=str(self.device),
+                                checkpoint_dir=slot.path, progress=self.progress).sae
                 slot.seal([f"{SAE_DIR}/{CONFIG_FILE}", f"{SAE_DIR}/{WEIGHTS_FILE}", LOSS_LOG_FILE])
-        return sae.to(self.device).eval()
+                return sae
+
+        if distributed.world_size() > 1:
+            # rank 0 trains (one GPU is enough at paper scale) while the others wait; then they load the
+            # sealed checkpoint it wrote
+            distributed.from_main(lambda: trained().d_sae, f"training {name} on {backbone}")
+        return trained().to(self.device).eval()
 
     # ------------------------------------------------------------------ analyses
     def run(self, analysis: str, backbone: str, sae: str | None = None, **options: Any) -> AnalysisOutput:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from scopebench import distributed
 from scopebench.emd import grid_w1
 from scopebench.pipeline.scc import OverlapIndex, overlap_geometry
 
@@ -74,6 +75,22 @@ class AttentionEMDAccumulator:
         self._skipped += int((~ok).sum())
         np.add.at(self._sum, (head[ok], is_outlier[ok].astype(np.int64)), w1[ok])
         np.add.at(self._count, (head[ok], is_outlier[ok].astype(np.int64)), 1)
+
+    def sum_over_ranks(self) -> None:
+        """Replace this rank's sums and counts by their totals over a torchrun launch's ranks.
+
+        Each rank streams its share of the images, then every rank calls this (a rank that saw
+        no image contributes zeros).
+        """
+        mine = np.array([0 if self._sum is None else self._sum.shape[0]])
+        heads = max(int(seen[0]) for seen in distributed.gather(mine, "attention EMD heads"))
+        if heads == 0:
+            return
+        if self._sum is None:
+            self._sum, self._count = np.zeros((heads, 2)), np.zeros((heads, 2), dtype=np.int64)
+        self._sum = distributed.sum_over_ranks(self._sum, "attention EMD sums")
+        self._count = distributed.sum_over_ranks(self._count, "attention EMD counts")
+        self._skipped = int(distributed.sum_over_ranks(np.array([self._skipped]), "attention EMD skipped")[0])
 
     def per_head_means(self) -> tuple[np.ndarray, np.ndarray]:
         """``(outlier [H], non_outlier [H])`` mean W1 per head (NaN where a head saw no such query)."""

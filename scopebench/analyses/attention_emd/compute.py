@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scopebench import distributed
 from scopebench.analyses.attention_emd.config import AttentionEMDConfig
 from scopebench.analyses.attention_emd.output import AttentionEMDOutput, ShiftEMD
 from scopebench.analyses.base import Inputs
@@ -30,10 +31,14 @@ def _shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDCon
     model, tau = bench.backbone(backbone), bench.tau(backbone)
     data = bench.dataset(backbone, "attention")
     spec = model.spec
-    rows = np.arange(min(config.images, len(data)))
+    n_images, size = min(config.images, len(data)), config.batch_images
+    # under torchrun each rank takes whole batches (the same batches as one process), then the sums are reduced
+    starts = distributed.share(range(0, n_images, size))
+    rows = np.concatenate([np.arange(start, min(start + size, n_images)) for start in starts]) if starts \
+        else np.arange(0)
     accumulator = AttentionEMDAccumulator(overlap_index(spec.grid_side, shift), spec.n_prefix, method=config.method)
     with torch.inference_mode(), tqdm(total=len(rows), desc=f"attention EMD s={shift}", unit="img",
-                                      disable=not bench.progress) as bar:
+                                      disable=not bench.progress or not distributed.is_main()) as bar:
         for batch_rows, views in iter_forward(model, data, rows, scc_views(model, shift), config.batch_images,
                                               bench.device, attention=True, workers=bench.workers,
                                               precision=bench.precision):
@@ -41,6 +46,7 @@ def _shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDCon
             mask = torch.from_numpy(outlier_mask(out_a.tokens.float().norm(dim=-1).cpu().numpy(), tau))
             accumulator.update(out_a.attention.cpu(), out_b.attention.cpu(), mask)
             bar.update(len(batch_rows))
+    accumulator.sum_over_ranks()
     result = accumulator.result()
     return ShiftEMD(outlier=float(result.mean_outlier), non_outlier=float(result.mean_non_outlier),
                     n_outlier=int(result.counts["outlier"]), n_non_outlier=int(result.counts["non_outlier"]))

@@ -16,6 +16,11 @@ and EMD is W1 in patch units.  Our reading of the paper's details:
 Two streaming passes keep memory at one batch of codes: pass 1 keeps a running top-k of
 images per feature; pass 2 re-encodes only the selected images and sends their maps to
 :func:`scopebench.emd.grid_w1` in large batches.
+
+Under torchrun both passes split their batches of images over the ranks
+(:func:`scopebench.distributed.share`), so every image is encoded in the same batch as in one
+process: the ranks' top-k lists are merged, and the per-feature EMD sums (float64) and counts
+are summed over ranks.  Every rank returns the whole result.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scopebench import distributed
 from scopebench.sae.codes import TokenArray, encode_patches, load_rows, sae_device
 from scopebench.emd import grid_w1
 from scopebench.sae.base import SparseAutoencoder
@@ -77,7 +83,8 @@ def top_images_per_feature(sae: SparseAutoencoder, tokens_a: TokenArray, tokens_
     best_val = torch.full((k, sae.d_sae), -1.0, device=dev)  # below any code: filled on the first batch
     best_img = torch.full((k, sae.d_sae), -1, dtype=torch.long, device=dev)
     n_img = tokens_a.shape[0]
-    for start in tqdm(range(0, n_img, batch_size), desc="CDS pass 1: top-k images", disable=not progress):
+    for start in tqdm(distributed.share(range(0, n_img, batch_size)), desc="CDS pass 1: top-k images",
+                      disable=not progress or not distributed.is_main()):
         rows = slice(start, min(start + batch_size, n_img))
         peak = torch.maximum(encode_patches(sae, load_rows(tokens_a, rows), overlap.in_a, dev).amax(1),
                              encode_patches(sae, load_rows(tokens_b, rows), overlap.in_b, dev).amax(1))
@@ -85,6 +92,11 @@ def top_images_per_feature(sae: SparseAutoencoder, tokens_a: TokenArray, tokens_
         values, order = torch.cat([best_val, peak]).topk(k, dim=0)
         best_img = torch.cat([best_img, images]).gather(0, order)
         best_val = values
+    if distributed.world_size() > 1:  # every rank saw its share of the batches: merge their top-k
+        values = np.concatenate(distributed.gather(best_val.cpu().numpy(), "CDS top-k values"))
+        images = np.concatenate(distributed.gather(best_img.cpu().numpy(), "CDS top-k images"))
+        best_val, order = torch.from_numpy(values).to(dev).topk(k, dim=0)
+        best_img = torch.from_numpy(images).to(dev).gather(0, order)
     fires = best_val > 0
     return (torch.where(fires, best_img, -1).cpu().numpy(),
             torch.where(fires, best_val, 0.0).cpu().numpy().astype(np.float32))
@@ -145,7 +157,8 @@ def compute_cds(sae: SparseAutoencoder, tokens_a: TokenArray, tokens_b: TokenArr
     pair_image, pair_feature = pair_image[order], pair_feature[order]
     needed = np.unique(pair_image)
     dev = sae_device(sae, device)
-    for start in tqdm(range(0, needed.size, batch_size), desc="CDS pass 2: EMD", disable=not progress):
+    for start in tqdm(distributed.share(range(0, needed.size, batch_size)), desc="CDS pass 2: EMD",
+                      disable=not progress or not distributed.is_main()):
         images = needed[start : start + batch_size]
         codes_a = encode_patches(sae, load_rows(tokens_a, images), overlap.in_a, dev)
         codes_b = encode_patches(sae, load_rows(tokens_b, images), overlap.in_b, dev)
@@ -157,7 +170,8 @@ def compute_cds(sae: SparseAutoencoder, tokens_a: TokenArray, tokens_b: TokenArr
         totals.add(feats, codes_a[local, :, feat_t].double().cpu().numpy(),
                    codes_b[local, :, feat_t].double().cpu().numpy())
     totals.flush()
-    emd_sum, n_used = totals.emd_sum, totals.n_used
+    emd_sum = distributed.sum_over_ranks(totals.emd_sum, "CDS EMD sums")
+    n_used = distributed.sum_over_ranks(totals.n_used, "CDS image counts")
     D = math.sqrt(2.0) * (side - 1)
     cds = np.where(n_used > 0, emd_sum / (np.maximum(n_used, 1) * D), np.nan)
     return CDSResult(cds=cds, n_images_used=n_used, top_images=top_images, top_values=top_values, k=k,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from scopebench import distributed
 from scopebench.analyses.base import Inputs, Unavailable
 from scopebench.analyses.removal_probes.config import TASKS, RemovalProbesConfig
 from scopebench.analyses.removal_probes.output import RemovalProbesOutput
@@ -33,12 +34,18 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
         raise Unavailable(f"removal probes need the low/high-CDS partition, and {sae} on {backbone} has none: "
                           f"{cds.no_partition}")
     propagate = _propagation(bench, backbone, config)
-    if task == "cls":
-        return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
-                                      progress=bench.progress, propagate=propagate)
-    return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
-                         has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
-                         device=bench.device, progress=bench.progress, propagate=propagate)
+
+    def probe() -> dict[str, float]:
+        if task == "cls":
+            return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
+                                          progress=bench.progress, propagate=propagate)
+        return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
+                             has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
+                             device=bench.device, progress=bench.progress, propagate=propagate)
+
+    # the inputs above are shared by every rank of a torchrun launch (extraction, the SAE, CDS are split over
+    # them); the probes are small and train on rank 0 alone, which hands its scores to the others
+    return distributed.from_main(probe, f"{task} probes of {sae} on {backbone}")
 
 
 def compute(bench: Inputs, backbone: str, sae: str, config: RemovalProbesConfig, *,
