@@ -41,8 +41,8 @@ def test_text_table_holds_the_result_values(results, capsys):
     clip, topk, relu = rows
     assert float(clip["Δseg lo"]) == pytest.approx(11.65 - 25.87, abs=1e-3) and clip["n_low/n_high"] == "17329/7247"
     assert clip["FVU_A"] == "–" and clip["claims"] == "–"
-    assert (topk["FVU_A"], topk["FVU_O"], topk["claims"]) == ("0.0500", "0.0010", "2/2")
-    assert (relu["FVU_A"], relu["dead %"], relu["claims"]) == ("0.0800", "12.50", "1/2 (not: c1)")
+    assert (topk["FVU_A"], topk["FVU_O"], topk["claims"]) == ("0.05", "0.001", "2/2")
+    assert (relu["FVU_A"], relu["dead %"], relu["claims"]) == ("0.08", "12.50", "1/2 (not: c1)")
 
 
 def test_markdown_andwrite_result(results, tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_markdown_andwrite_result(results, tmp_path, capsys):
     code, out, _ = _cli(capsys, "leaderboard", "--results-dir", str(results), "--write", str(target))
     assert code == 0 and out == f"wrote {target} (3 result files from {results})\n"
     text = target.read_text()
-    assert "| topk  | 0.0500  | 0.0010" in text and "| relu  | 0.0800" in text
+    assert "| topk  | 0.05    | 0.001" in text and "| relu  | 0.08" in text
     assert [p.name for p in target.parent.iterdir()] == ["LEADERBOARD.md"]  # no temp file left behind
 
 

@@ -59,7 +59,7 @@ def test_text_and_markdown_rendering(results: Path) -> None:
     text = render_text(frame)
     assert max(len(line) for line in text.splitlines()) <= 120  # columns split into blocks that fit a terminal
     relu = " ".join(line for line in text.splitlines() if " relu " in line).split()
-    assert "0.0800" in relu and "12.50" in relu and "1/2" in relu and "–" in relu
+    assert "0.08" in relu and "12.50" in relu and "1/2" in relu and "–" in relu
     assert all(line.split()[:2] == ["backbone", "SAE"] for line in text.splitlines() if "FVU" in line or "Δ" in line)
     assert render_text(frame, width=10_000).count("\n\n") == 0  # a wide terminal gets one block
     markdown = render_markdown(frame)
@@ -89,22 +89,23 @@ def test_empty_folder(tmp_path: Path) -> None:
 
 
 def test_each_column_has_one_precision_in_every_table(results: Path) -> None:
-    """A quantity's decimals come from its unit (scopebench.analyses.base.UNIT_DECIMALS): the terminal, the
+    """A quantity's format comes from its unit (scopebench.analyses.base.UNIT_FORMATS): the terminal, the
     Markdown and the HTML tables show the same digits."""
     from scopebench.analyses import quantity_catalogue
-    from scopebench.analyses.base import UNIT_DECIMALS, quantity
+    from scopebench.analyses.base import UNIT_FORMATS, quantity
     from scopebench.results.html import render_html
-    from scopebench.results.leaderboard import column_decimals
+    from scopebench.results.leaderboard import column_formats
 
-    assert all(info.unit in UNIT_DECIMALS for info in quantity_catalogue().values())
+    assert all(info.unit in UNIT_FORMATS for info in quantity_catalogue().values())
     with pytest.raises(ValueError, match="no display precision"):
         quantity("a new quantity", "furlongs")
-    decimals = column_decimals()
-    assert (decimals["FVU_A"], decimals["L0_A"], decimals["dead %"], decimals["Δdepth lo"]) == (4, 1, 2, 3)
+    formats = column_formats()
+    assert (formats["FVU_A"], formats["L0_A"], formats["dead %"], formats["Δdepth lo"]) == (".3g", ".1f", ".2f", ".3f")
     records = load_results(results)
     frame = build_frame(records)
     text, markdown = render_text(frame), render_markdown(frame)
-    for shown in ("0.0500", "0.0010", "0.9000", "0.9900", "12.50", "0.72", "-14.22", "0.064"):
+    for shown in ("0.05", "0.001", "0.9000", "0.9900", "12.50", "0.72", "-14.22", "0.064"):
         # topk's CS, then the Δ columns of clip-b16 (cls: 75.54 - 74.82, seg: 11.65 - 25.87, depth: 0.9481 - 0.8841)
         assert shown in text and shown in markdown, shown
-    assert "data.toFixed(4)" in render_html(records) and "data.toFixed(2)" in render_html(records)
+    page = render_html(records)
+    assert "data.toPrecision(3)" in page and "data.toFixed(4)" in page and "data.toFixed(2)" in page

@@ -251,7 +251,7 @@ def test_datatables_initialise_in_chromium(page: str, tmp_path: Path) -> None:
     assert table["id"] == "sae-table-0" and 'id="sae-table-0_wrapper"' in dom
     assert ReconstructionOutput.model_fields["fvu_a"].description in dict(table["header"])["FVU_A"]
     assert re.search(r'<th[^>]*class="[^"]*dt-orderable-asc', dom)
-    assert _column(table, "dead %")[0] == "–" and _column(table, "FVU_A")[1:] == ["0.0500", "0.0800", "0.1200"]
+    assert _column(table, "dead %")[0] == "–" and _column(table, "FVU_A")[1:] == ["0.05", "0.08", "0.12"]
 
 
 class DevTools:

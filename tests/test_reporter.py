@@ -117,7 +117,7 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
 
     board = lines[next(i for i, line in enumerate(lines) if "scopebench leaderboard" in line):]
     board_rows = [line for line in board if line.startswith("dinov2-b")]  # one line per block of columns
-    assert board_rows[0].split()[:4] == ["dinov2-b", "topk", "0.0500", "0.0020"]
+    assert board_rows[0].split()[:4] == ["dinov2-b", "topk", "0.05", "0.002"]
     cells = " ".join(board_rows).split()
     assert "1/1" in cells and "0.400" in cells and "0.600" in cells  # the backbone's EMD columns on its SAE row
     assert not any(line.startswith("dinov2-b ") and " - " in line for line in board)  # no fake SAE row

@@ -19,16 +19,18 @@ from pydantic.fields import FieldInfo
 
 
 Level = Literal["sae", "backbone"]
-#: Decimals a quantity is shown with in every table (terminal, Markdown, HTML), by its unit: one precision per
-#: quantity, fine enough for the paper's smallest reported differences (FVU_O 0.001, CS 0.999).
-UNIT_DECIMALS: dict[str, int] = {"unitless": 4, "cosine": 4, "latents": 1, "percent": 2, "tokens": 0, "features": 0,
-                                 "L2 norm": 2, "CDS": 3, "TV": 3, "patch units": 3, "depth unit": 3}
+#: How a quantity is shown in every table (terminal, Markdown, HTML), by its unit, as a format spec: ".Nf" is N
+#: decimals, ".Ng" N significant digits (FVU spans 1e-4 on the planted default to 0.1 on real backbones). One
+#: precision per quantity, fine enough for the paper's smallest reported differences (FVU_O 0.001, CS 0.999).
+UNIT_FORMATS: dict[str, str] = {"unitless": ".3g", "cosine": ".4f", "latents": ".1f", "percent": ".2f", "tokens": ".0f",
+                                "features": ".0f", "L2 norm": ".2f", "CDS": ".3f", "TV": ".3f", "patch units": ".3f",
+                                "depth unit": ".3f"}
 
 
 def quantity(description: str, unit: str, *, column: str | None = None, default: Any = ...) -> Any:
     """A measured quantity of an output model: its meaning, unit and (optionally) its leaderboard column."""
-    if unit not in UNIT_DECIMALS:
-        raise ValueError(f"unit {unit!r} has no display precision; add it to UNIT_DECIMALS")
+    if unit not in UNIT_FORMATS:
+        raise ValueError(f"unit {unit!r} has no display precision; add it to UNIT_FORMATS")
     extra: dict[str, Any] = {"unit": unit}
     if column is not None:
         extra["column"] = column
@@ -49,8 +51,8 @@ class QuantityInfo:
     column: str | None
 
     @property
-    def decimals(self) -> int:
-        return UNIT_DECIMALS[self.unit]
+    def format(self) -> str:
+        return UNIT_FORMATS[self.unit]
 
 
 class Unavailable(Exception):

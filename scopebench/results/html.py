@@ -33,7 +33,7 @@ from scopebench.analyses import ANALYSES, quantity_catalogue
 from scopebench.atomic import write_text_atomic
 from scopebench.keys import index_of
 from scopebench.results.leaderboard import (
-    COLUMNS, build_frame, column_decimals, column_descriptions, format_cell, load_results, paper_quantities, paper_row,
+    COLUMNS, build_frame, column_descriptions, column_formats, format_cell, load_results, paper_quantities, paper_row,
 )
 from scopebench.results.plots import (
     plot_attention_emd_vs_shift, plot_awcds_by_norm, plot_cds_histograms, plot_feature_maps, plot_removal_deltas,
@@ -46,8 +46,10 @@ BACKBONE_COLUMNS = [column for column, (analysis, _) in COLUMNS.items() if ANALY
 
 # DataTables callbacks: a number with its column's decimals (those of the terminal and Markdown tables) and "–"
 # for a missing value (sorting uses the number), and each header's title from the page's column-titles block.
-def _render_float(decimals: int | None) -> str:
-    shown = f"data.toFixed({decimals})" if decimals is not None else "String(Number(data.toPrecision(4)))"
+def _render_float(spec: str | None) -> str:
+    """The JavaScript of Python's ``format(x, spec)`` for ".Nf" and ".Ng" (4 significant digits without a spec)."""
+    digits, kind = int((spec or ".4g")[1:-1]), (spec or ".4g")[-1]
+    shown = f"data.toFixed({digits})" if kind == "f" else f"String(Number(data.toPrecision({digits})))"
     return ('function (data, type) { if (type !== "display" && type !== "filter") '
             'return Number.isFinite(data) ? data : null; '
             f'return Number.isFinite(data) ? {shown} : "\u2013"; }}')
@@ -88,17 +90,17 @@ def _verdict_class(text: object) -> str:
 
 def _sae_table(part: pd.DataFrame, table_id: str) -> str:
     """The SAE rows (and the paper row) as a DataTable: sortable, searchable, its data inline."""
-    decimals = column_decimals()
+    formats = column_formats()
     floats = [i for i, column in enumerate(part.columns) if part[column].dtype.kind == "f"]
-    by_decimals: dict[int | None, list[int]] = {}
+    by_format: dict[str | None, list[int]] = {}
     for i in floats:
-        by_decimals.setdefault(decimals.get(part.columns[i]), []).append(i)
+        by_format.setdefault(formats.get(part.columns[i]), []).append(i)
     return itables.to_html_datatable(
         part, table_id=table_id, connected=False, display_logo_when_loading=False, showIndex=False, paging=False,
         order=[], classes="display compact", text_in_header_can_be_selected=False,
         layout={"topStart": None, "topEnd": "search", "bottomStart": "info", "bottomEnd": None},
         columnDefs=[{"targets": targets, "render": JavascriptFunction(_render_float(d))}
-                    for d, targets in by_decimals.items()],
+                    for d, targets in by_format.items()],
         drawCallback=JavascriptFunction(_SET_TITLES))
 
 
@@ -167,9 +169,9 @@ def _backbone_table(record: ResultRecord | None, backbone: str) -> str:
         return ("the paper's value of: " if column != base else "") + f"{info.description} ({info.unit})"
 
     header = [("s", "SCC shift s (patches)")] + [(column, title(column)) for column in columns]
-    decimals = {column: catalogue[column.removeprefix("paper ")].decimals for column in columns}
+    formats = {column: catalogue[column.removeprefix("paper ")].format for column in columns}
     body = [[(f"{index}={at}" if index else "", ""),
-             *((format_cell(values.get(c, math.nan), decimals[c]), "") for c in columns)]
+             *((format_cell(values.get(c, math.nan), formats[c]), "") for c in columns)]
             for (index, at), values in rows.items()]
     return _plain_table(header, body)
 

@@ -105,19 +105,18 @@ def l0_off_target(l0: object) -> bool:
     return isinstance(l0, (int, float)) and math.isfinite(l0) and abs(l0 - PAPER_K) / PAPER_K > L0_TOLERANCE
 
 
-def format_cell(value: object, decimals: int | None) -> str:
-    """A table cell: a number with its column's decimals ("–" when missing), text as it is."""
+def format_cell(value: object, spec: str | None) -> str:
+    """A table cell: a number in its column's format spec (4 significant digits without one; "–" when missing),
+    text as it is."""
     if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.{decimals}f}" if decimals is not None else f"{value:.4g}"
+        return "–" if math.isnan(value) else format(value, spec or ".4g")
     return str(value) if value != "" else "–"
 
 
 def _cells(frame: pd.DataFrame) -> list[list[str]]:
-    decimals = [column_decimals().get(column) for column in frame.columns]
+    formats = [column_formats().get(column) for column in frame.columns]
     flagged = {i for i, column in enumerate(frame.columns) if column == "L0_A"}
-    return [[format_cell(v, decimals[i]) + (L0_FLAG if i in flagged and l0_off_target(v) else "")
+    return [[format_cell(v, formats[i]) + (L0_FLAG if i in flagged and l0_off_target(v) else "")
              for i, v in enumerate(row)] for row in frame.itertuples(index=False)]
 
 
@@ -225,10 +224,10 @@ def _column_keys() -> dict[str, list[str]]:
     return found
 
 
-def column_decimals() -> dict[str, int]:
-    """Numeric leaderboard column -> its decimals: those of the (first) quantity it is read from."""
+def column_formats() -> dict[str, str]:
+    """Numeric leaderboard column -> its format spec: that of the (first) quantity it is read from."""
     catalogue = quantity_catalogue()
-    return {column: catalogue[base_name(keys[0])].decimals for column, keys in _column_keys().items() if keys}
+    return {column: catalogue[base_name(keys[0])].format for column, keys in _column_keys().items() if keys}
 
 
 def column_descriptions() -> dict[str, str]:
