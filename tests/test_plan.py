@@ -53,7 +53,8 @@ def test_work_matches_what_a_tiny_run_stores(tmp_path) -> None:
     bench = Workbench(store, device="cpu", progress=False, scales={"planted": TINY_SCALE})
     entries = {"extract train": bench.tokens("planted", "train").entry,
                "extract eval": bench.tokens("planted", "eval").entry,
-               "extract scc s=1": bench.scc_tokens("planted", 1).entry}
+               "extract scc s=1": bench.scc_tokens("planted", 1).entry,
+               "awCDS": bench.tokens("planted", "scc").entry}  # awCDS reads the CDS images' plain tokens
     bench.sae("planted", "batchtopk")
     stages = {stage.name: stage for stage in plan.stages}
     for name, entry in entries.items():
@@ -64,9 +65,19 @@ def test_work_matches_what_a_tiny_run_stores(tmp_path) -> None:
     assert len(json.loads((sae_folder / LOSS_LOG_FILE).read_text())) == stages["train SAE batchtopk"].sae_steps
     again = make_plan("planted", "tiny", TINY_SCALE, calibrate_rates=False, store=store)
     cached = dict(zip((s.name for s in again.stages), again.cached))
-    assert [cached[name] for name in (*entries, "train SAE batchtopk")] == ["yes"] * 4
+    assert [cached[name] for name in (*entries, "train SAE batchtopk")] == ["yes"] * 5
     # eval's entry has as many images as seg's training split: matched by dataset, it is not taken for it
     assert cached["extract probe-seg"] == cached["extract probe-cls"] == "no"
+
+
+def test_planted_dense_probes_share_their_scenes_and_are_extracted_once() -> None:
+    plan = make_plan("planted", "planted", PLANTED_SCALE, calibrate_rates=False)
+    stages = {stage.name: stage for stage in plan.stages}
+    assert stages["extract probe-seg"].forward_passes == 448 and stages["extract probe-depth"].forward_passes == 0
+    assert plan.notes == ["extract probe-depth: the images of extract probe-seg, extracted once"]
+    # on real data ADE20K and NYUd are different images: both extracted
+    paper = {s.name: s for s in make_plan("dinov2-b", "paper", PAPER_SCALE, calibrate_rates=False).stages}
+    assert paper["extract probe-depth"].forward_passes == 50_000 + 80 + 654
 
 
 def _calibration() -> Calibration:

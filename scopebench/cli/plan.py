@@ -75,7 +75,7 @@ def render_plan(plan: Plan) -> str:
     table = [f"{plan.backbone}: {plan.scale} scale, SAE recipe {plan.recipe}",
              tabulate([row[: len(headers)] for row in rows], headers=headers, disable_numparse=True,
                       colalign=("left",) + ("right",) * (len(headers) - 1))]
-    lines = [LEGEND]
+    lines = [LEGEND, *plan.notes]
     calibration = plan.calibration
     if calibration is not None:
         emd = [(stage.name, e.emd_seconds) for stage, e in zip(plan.stages, plan.estimates or []) if e.emd_seconds]

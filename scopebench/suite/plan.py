@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,7 @@ class StageWork:
     emd_pairs: dict[int, int] = field(default_factory=dict)  # overlap grid side -> pairs
     probe_epochs: int = 0  # trained epochs over all trials and embeddings
     probe_image_epochs: float = 0.0  # image-epochs of training, plus evaluation passes at PROBE_FORWARD_SHARE
+    dataset_reads: int = 0  # dataset items read outside a forward loop (the probes' targets)
     probe: ProbeShape | None = None
     # how the activation store names its artefacts (for "what is cached"):
     cache_kind: str | None = None  # token entry kind ("tokens", "scc-s1") or "sae"
@@ -139,7 +142,7 @@ def _probe_stages(spec: BackboneSpec, scale: BenchScale, d_sae: int, n_classes: 
         dim = spec.embed_dim * (2 if task == "depth" else 1)
         classes = config.depth.n_bins if task == "depth" else n_classes[task]
         stages.append(StageWork(
-            f"probe {task}", encoded_tokens=encoded, probe_epochs=EMBEDDINGS * probe.trials * probe.epochs,
+            f"probe {task}", encoded_tokens=encoded, dataset_reads=sum(counts), probe_epochs=EMBEDDINGS * probe.trials * probe.epochs,
             probe_image_epochs=trained + PROBE_FORWARD_SHARE * evaluated,
             probe=ProbeShape(task, dim, spec.grid_side, target, classes, probe.batch_size)))
     return stages
@@ -168,7 +171,9 @@ def plan_work(spec: BackboneSpec, scale: BenchScale, recipe: SAERecipeBase, reci
         # pass 1 encodes both views' overlap of every image, pass 2 those of the top images again
         StageWork("CDS", encoded_tokens=2 * 2 * cds.images * scc_side**2, emd_kind="sparse",
                   emd_method=cds.emd_method, emd_pairs={scc_side: d_sae * min(cds.k, cds.images)}),
-        StageWork("awCDS", encoded_tokens=cds.images * spec.n_patches),
+        # awCDS reads the plain (unshifted) tokens of the CDS images: one more extraction
+        dataclasses.replace(_extract_stage("awCDS", spec, cds.images, ("scc",), (cds.images,)),
+                            encoded_tokens=cds.images * spec.n_patches),
         StageWork(f"attention EMD s={_shift_range(att.shifts)}", images=att.images, views=2 * len(att.shifts),
                   forward="attention", emd_kind="dense", emd_method=att.method,
                   emd_pairs={p - s: att.images * spec.n_heads * (p - s) ** 2 for s in att.shifts}),
@@ -195,6 +200,7 @@ class Calibration:
     encode_tokens_per_second: float
     emd_seconds_per_pair: dict[str, float]  # "<kind>/<method>/<side>" -> seconds per pair
     probe_seconds_per_image_epoch: dict[str, float]  # task -> seconds
+    item_seconds: float = 0.0  # one dataset item read (calibration: a synthetic scene rendered)
     forward_note: str = ""  # how the forward rate was measured
     seconds: float = 0.0  # how long calibrating took
 
@@ -289,12 +295,13 @@ def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str
 
 
 def forward_rates(spec: BackboneSpec, loops: Iterable[str], batch: int, device: str,
-                  images: int = 8) -> tuple[dict[str, float], str]:
+                  images: int = 4, own_images: int = 32) -> tuple[dict[str, float], str]:
     """Image views per second of each forward loop through ``spec``'s designated block, and how it was measured.
 
     Real sources: random-init models truncated to one and two blocks give the per-image cost of the
     data and the patch embedding (a) and of one block (b); the designated block ``layer`` costs
-    a + (layer + 1) b.  The planted backbone is timed as it is.
+    a + (layer + 1) b, each measured on ``images`` scenes.  The planted backbone is timed as it is, on
+    ``own_images`` scenes (enough to amortise each extraction's fixed cost: key, lock, seal).
     """
     from scopebench.backbones.sources import get_source
 
@@ -303,8 +310,8 @@ def forward_rates(spec: BackboneSpec, loops: Iterable[str], batch: int, device: 
     if not get_source(spec.source).takes_weights:
         model = _calibration_model(spec, spec.depth, device)
         _forward_seconds(model, "tokens", 2, n, device)  # warm-up
-        return ({loop: LOOP_VIEWS[loop] / _forward_seconds(model, loop, images, n, device) for loop in loops},
-                f"the {spec.name} backbone on {images} scenes")
+        return ({loop: LOOP_VIEWS[loop] / _forward_seconds(model, loop, own_images, batch, device) for loop in loops},
+                f"the {spec.name} backbone on {own_images} scenes")
     one, two = _calibration_model(spec, 1, device), _calibration_model(spec, 2, device)
     _forward_seconds(one, "tokens", 2, 2, device)  # warm-up
     rates = {}
@@ -318,6 +325,7 @@ def forward_rates(spec: BackboneSpec, loops: Iterable[str], batch: int, device: 
 # An SAE step multiplies batch x d_in x d_sae; above this many products a step is measured at a smaller
 # batch and its time extrapolated linearly in the batch (a step's cost is linear in it plus a fixed part).
 SAE_DIRECT_PRODUCTS = 2**31
+STEP_ROUNDS = 5
 
 
 def sae_rates(recipe: SAERecipeBase, d_in: int, device: str) -> tuple[float, float]:
@@ -340,11 +348,13 @@ def sae_rates(recipe: SAERecipeBase, d_in: int, device: str) -> tuple[float, flo
         measured //= 2
 
     def step_seconds(batch: int) -> float:
-        x = torch.randn(batch, d_in, generator=generator).to(device)  # norm ~ sqrt(d_in), as training scales them
-        optimisation_step(sae, opt, x, dead, recipe.lr)  # warm-up
+        """The median of STEP_ROUNDS steps after a warm-up: a sustained run's pace, not its luckiest step."""
+        batches = [torch.randn(batch, d_in, generator=generator).to(device)  # norm ~ sqrt(d_in), as in training
+                   for _ in range(STEP_ROUNDS + 1)]
+        optimisation_step(sae, opt, batches[0], dead, recipe.lr)
         _sync(device)
-        return min(_timed(lambda: (optimisation_step(sae, opt, x, dead, recipe.lr), _sync(device)))
-                   for _ in range(2))
+        return statistics.median(_timed(lambda: (optimisation_step(sae, opt, x, dead, recipe.lr), _sync(device)))
+                                 for x in batches[1:])
 
     if measured == full:
         step = step_seconds(full)
@@ -358,7 +368,7 @@ def sae_rates(recipe: SAERecipeBase, d_in: int, device: str) -> tuple[float, flo
     with torch.no_grad():
         sae(x)
         _sync(device)
-        encode = min(_timed(lambda: (sae(x), _sync(device))) for _ in range(2))
+        encode = statistics.median(_timed(lambda: (sae(x), _sync(device))) for _ in range(STEP_ROUNDS))
     return step, measured / encode
 
 
@@ -431,10 +441,19 @@ def calibrate(spec: BackboneSpec, work: list[StageWork], recipe: SAERecipeBase, 
         for shape in probes:
             probe_rates[shape.task] = probe_seconds_per_image_epoch(shape, device)
             bar.update()
+        item = item_seconds(spec.image_size)
     return Calibration(device=str(device), cores=os.cpu_count() or 1, forward_per_second=rates,
                        sae_step_seconds=step, encode_tokens_per_second=encode, emd_seconds_per_pair=emd,
-                       probe_seconds_per_image_epoch=probe_rates, forward_note=note,
+                       probe_seconds_per_image_epoch=probe_rates, item_seconds=item, forward_note=note,
                        seconds=time.perf_counter() - started)
+
+
+def item_seconds(image_size: int, items: int = 8) -> float:
+    """Seconds to read one dataset item: a synthetic scene of ``image_size`` rendered (real data: decoded)."""
+    from scopebench.data.scenes import SyntheticScenes
+
+    scenes = SyntheticScenes(items, image_size=image_size, seed=98)
+    return _timed(lambda: [scenes[i] for i in range(items)]) / items
 
 
 # ------------------------------------------------------------------------------------------ estimate
@@ -453,6 +472,7 @@ def estimate(stage: StageWork, calibration: Calibration) -> StageEstimate:
     seconds += stage.encoded_tokens / calibration.encode_tokens_per_second
     emd = sum(pairs * calibration.emd_rate(stage.emd_kind, stage.emd_method, side)
               for side, pairs in stage.emd_pairs.items()) if stage.emd_kind else 0.0
+    seconds += stage.dataset_reads * calibration.item_seconds
     if stage.probe is not None:
         seconds += stage.probe_image_epochs * calibration.probe_seconds_per_image_epoch[stage.probe.task]
     return StageEstimate(seconds + emd, emd)
@@ -514,6 +534,23 @@ def dataset_identities(spec: BackboneSpec, scale: BenchScale, work: list[StageWo
     return {p: bench_dataset(spec, p, scale, data_root).identity for p in purposes}
 
 
+def shared_extractions(work: list[StageWork], identities: dict[str, str | None]) -> tuple[list[StageWork], list[str]]:
+    """``work`` with the extractions an earlier stage already writes (same kind, dataset and images) emptied,
+    and a note for each: the run reads those entries from the cache (planted: the dense probes share scenes)."""
+    seen: dict[tuple[str | None, str, int], str] = {}
+    out, notes = [], []
+    for stage in work:
+        keys = [(stage.cache_kind, identities.get(p), rows) for p, rows in zip(stage.cache_purposes, stage.cache_rows)]
+        if stage.forward and keys and all(key[1] is not None and key in seen for key in keys):
+            notes.append(f"{stage.name}: the images of {seen[keys[0]]}, extracted once")
+            stage = dataclasses.replace(stage, images=0, views=0, forward=None, tokens_stored=0, cache_bytes=0)
+        for key in keys:
+            if key[1] is not None:
+                seen.setdefault(key, stage.name)
+        out.append(stage)
+    return out, notes
+
+
 # ------------------------------------------------------------------------------------------- the plan
 @dataclass
 class Plan:
@@ -524,6 +561,7 @@ class Plan:
     estimates: list[StageEstimate] | None  # None: not calibrated
     cached: list[str] | None  # None: no store consulted
     calibration: Calibration | None
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         rows = []
@@ -537,6 +575,7 @@ class Plan:
             row["cached"] = None if self.cached is None else self.cached[i]
             rows.append(row)
         return {"backbone": self.backbone, "scale": self.scale, "recipe": self.recipe, "stages": rows,
+                "notes": self.notes,
                 "calibration": None if self.calibration is None else asdict(self.calibration)}
 
 
@@ -556,7 +595,9 @@ def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: st
 
         scenes = bench_dataset(spec, "probe-cls-train", scale, data_root)
         classes = {"cls": scenes.n_classes, "seg": scenes.n_classes}
-    work = plan_work(spec, scale, recipe, recipe_name, classes)
+    every = plan_work(spec, scale, recipe, recipe_name, classes)
+    identities = dataset_identities(spec, scale, every, data_root)
+    work, notes = shared_extractions(every, identities)
     calibration = estimates = None
     if calibrate_rates:
         calibration = calibrate(spec, work, scaled_recipe(recipe, scale), batch_size=scale.batch_size, device=device,
@@ -565,6 +606,5 @@ def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: st
     cached = None
     if store is not None:
         entries = store_entries(store)
-        identities = dataset_identities(spec, scale, work, data_root)
         cached = [cached_status(stage, backbone, entries, identities) for stage in work]
-    return Plan(backbone, scale_name, recipe_name, work, estimates, cached, calibration)
+    return Plan(backbone, scale_name, recipe_name, work, estimates, cached, calibration, notes)
