@@ -2,6 +2,7 @@
 run stores; the estimate's arithmetic; the calibration's extrapolation; the table and the command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -48,7 +49,7 @@ def test_paper_scale_work_is_the_papers_arithmetic() -> None:
 def test_work_matches_what_a_tiny_run_stores(tmp_path) -> None:
     """Tokens, bytes and SAE steps the plan counts are those the workbench writes; cached flips to yes."""
     store = ActivationStore(tmp_path / "cache")
-    plan = make_plan("planted", "tiny", TINY_SCALE, calibrate_rates=False, store=store)
+    plan = make_plan("planted", "tiny", TINY_SCALE, estimate_rates="none", store=store)
     assert set(plan.cached) <= {"no", "-"}
     bench = Workbench(store, device="cpu", progress=False, scales={"planted": TINY_SCALE})
     entries = {"extract train": bench.tokens("planted", "train").entry,
@@ -63,7 +64,7 @@ def test_work_matches_what_a_tiny_run_stores(tmp_path) -> None:
         assert stages[name].cache_bytes == sum(len(a) * int(np.prod(a.row_shape)) * 4 for a in tokens)
     (sae_folder,) = [path for kind, path in store.find() if kind == "sae"]
     assert len(json.loads((sae_folder / LOSS_LOG_FILE).read_text())) == stages["train SAE batchtopk"].sae_steps
-    again = make_plan("planted", "tiny", TINY_SCALE, calibrate_rates=False, store=store)
+    again = make_plan("planted", "tiny", TINY_SCALE, estimate_rates="none", store=store)
     cached = dict(zip((s.name for s in again.stages), again.cached))
     assert [cached[name] for name in (*entries, "train SAE batchtopk")] == ["yes"] * 5
     # eval's entry has as many images as seg's training split: matched by dataset, it is not taken for it
@@ -71,12 +72,12 @@ def test_work_matches_what_a_tiny_run_stores(tmp_path) -> None:
 
 
 def test_planted_dense_probes_share_their_scenes_and_are_extracted_once() -> None:
-    plan = make_plan("planted", "planted", PLANTED_SCALE, calibrate_rates=False)
+    plan = make_plan("planted", "planted", PLANTED_SCALE, estimate_rates="none")
     stages = {stage.name: stage for stage in plan.stages}
     assert stages["extract probe-seg"].forward_passes == 448 and stages["extract probe-depth"].forward_passes == 0
     assert plan.notes == ["extract probe-depth: the images of extract probe-seg, extracted once"]
     # on real data ADE20K and NYUd are different images: both extracted
-    paper = {s.name: s for s in make_plan("dinov2-b", "paper", PAPER_SCALE, calibrate_rates=False).stages}
+    paper = {s.name: s for s in make_plan("dinov2-b", "paper", PAPER_SCALE, estimate_rates="none").stages}
     assert paper["extract probe-depth"].forward_passes == 50_000 + 80 + 654
 
 
@@ -94,6 +95,10 @@ def test_estimate_is_the_work_times_the_measured_rates() -> None:
     found = estimate(stage, _calibration())
     emd = 100 * 0.01 + 1000 * 0.001
     assert found == StageEstimate(pytest.approx(20 / 4.0 + 3 * 0.5 + 2.0 + emd + 7 * 0.2), pytest.approx(emd))
+    emd_only = dataclasses.replace(_calibration(), forward_per_second={}, sae_step_seconds=None,
+                                   encode_tokens_per_second=None, probe_seconds_per_image_epoch={})
+    assert estimate(stage, emd_only) == StageEstimate(None, pytest.approx(emd))  # the rest was not measured
+    assert estimate(StageWork("e", emd_kind="dense", emd_pairs={2: 10}), emd_only).seconds == pytest.approx(0.01)
     assert extraction_seconds(50, 25.0) == 2.0
     with pytest.raises(ValueError, match="views_per_second must be > 0"):
         extraction_seconds(10, 0.0)
@@ -127,7 +132,7 @@ def test_calibration_measures_real_rates_on_a_tiny_model(monkeypatch) -> None:
 
 def test_table_fits_120_columns_for_every_backbone() -> None:
     for name in REGISTRY:
-        plan = make_plan(name, "default", scale_for(name), calibrate_rates=False)
+        plan = make_plan(name, "default", scale_for(name), estimate_rates="none")
         plan.estimates = [StageEstimate(123_456.0 * (i + 1), 0.0) for i in range(len(plan.stages))]
         plan.cached = ["partial"] * len(plan.stages)
         text = render_plan(plan)
@@ -138,7 +143,7 @@ def test_table_fits_120_columns_for_every_backbone() -> None:
 
 def test_plan_command_prints_every_backbone_and_writes_json(capsys, tmp_path) -> None:
     out = tmp_path / "plans.json"
-    code = main(["plan", "--backbone", "all", "--no-estimate", "--cache-dir", str(tmp_path / "c"), "--json",
+    code = main(["plan", "--backbone", "all", "--estimate", "none", "--cache-dir", str(tmp_path / "c"), "--json",
                  str(out)])
     printed = capsys.readouterr().out
     assert code == 0
@@ -149,7 +154,7 @@ def test_plan_command_prints_every_backbone_and_writes_json(capsys, tmp_path) ->
 
 
 def test_plan_command_refuses_unknown_names(capsys) -> None:
-    assert main(["plan", "--backbone", "vit-huge", "--no-estimate"]) == 2
+    assert main(["plan", "--backbone", "vit-huge", "--estimate", "none"]) == 2
     assert "unknown backbone(s) vit-huge; known: clip-b16" in capsys.readouterr().err
-    assert main(["plan", "--backbone", "planted", "--recipe", "nosuch", "--no-estimate"]) == 2
+    assert main(["plan", "--backbone", "planted", "--recipe", "nosuch", "--estimate", "none"]) == 2
     assert "no SAE recipe" in capsys.readouterr().err

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
+from scopebench.atomic import write_json_atomic
 from scopebench.plugin.options import add_cli_options
 
 if TYPE_CHECKING:
-    from scopebench.suite.plan import Plan
+    from scopebench.suite.plan import Plan, StageEstimate
 
 HEADERS = ["stage", "images", "fwd", "tokens", "cache", "SAE steps", "EMD", "grid", "epochs", "estimate", "cached"]
 WIDTH = 120
@@ -40,11 +41,22 @@ def size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def duration(seconds: float) -> str:
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds >= 100 * 86400:
+        return f"{seconds / 86400:,.0f} d"
     for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def _estimate(estimate: StageEstimate) -> str:
+    """The stage's seconds, or at least its EMD share when another rate was not measured."""
+    if estimate.seconds is None and estimate.emd_seconds:
+        return f">= {duration(estimate.emd_seconds)}"
+    return duration(estimate.seconds)
 
 
 def _blank(value: float, render) -> str:
@@ -62,14 +74,15 @@ def render_plan(plan: Plan) -> str:
     """The per-stage table (fits 120 columns) and its notes."""
     rows = []
     for i, stage in enumerate(plan.stages):
-        estimate = "" if plan.estimates is None else duration(plan.estimates[i].seconds)
+        estimate = "" if plan.estimates is None else _estimate(plan.estimates[i])
         rows.append([stage.name, _blank(stage.images, count), _blank(stage.forward_passes, count),
                      _blank(stage.tokens_stored, count), _blank(stage.cache_bytes, size),
                      _blank(stage.sae_steps, count), _blank(stage.total_emd_pairs, count),
                      _grids(list(stage.emd_pairs)), _blank(stage.probe_epochs, count), estimate,
                      "" if plan.cached is None else plan.cached[i]])
     total_bytes = sum(stage.cache_bytes for stage in plan.stages)
-    total = "" if plan.estimates is None else duration(sum(e.seconds for e in plan.estimates))
+    known = plan.estimates is not None and all(e.seconds is not None for e in plan.estimates)
+    total = duration(sum(e.seconds for e in plan.estimates)) if known else ""
     rows.append(["total", "", "", "", size(total_bytes), "", "", "", "", total, ""])
     headers = HEADERS if plan.cached is not None else HEADERS[:-1]
     table = [f"{plan.backbone}: {plan.scale} scale, SAE recipe {plan.recipe}",
@@ -78,15 +91,20 @@ def render_plan(plan: Plan) -> str:
     lines = [LEGEND, *plan.notes]
     calibration = plan.calibration
     if calibration is not None:
-        emd = [(stage.name, e.emd_seconds) for stage, e in zip(plan.stages, plan.estimates or []) if e.emd_seconds]
-        on_cpu = calibration.device == "cpu"
-        lines.append(f"estimates from a {calibration.seconds:.0f} s calibration on {calibration.device} "
-                     f"({calibration.cores} CPU cores): forward from {calibration.forward_note}; "
-                     "image decoding from disk not included")
+        emd = [(stage, e.emd_seconds) for stage, e in zip(plan.stages, plan.estimates or []) if e.emd_seconds]
+        if calibration.sae_step_seconds is None:
+            lines.append(f"estimates of the EMD stages only (--estimate emd), from a {calibration.seconds:.0f} s "
+                         f"calibration on {calibration.device} ({calibration.cores} CPU cores)")
+        else:
+            lines.append(f"estimates from a {calibration.seconds:.0f} s calibration on {calibration.device} "
+                         f"({calibration.cores} CPU cores): forward from {calibration.forward_note}; "
+                         "image decoding from disk not included")
         if emd:
-            share = ", ".join(f"{name} {duration(seconds)}"
-                              + (f" = {seconds * calibration.cores / 3600:.3g} CPU core-h" if on_cpu else "")
-                              for name, seconds in emd)
+            # the exact solver always runs on the CPU's cores; Sinkhorn on the device
+            share = ", ".join(f"{stage.name} {duration(seconds)}"
+                              + (f" = {seconds * calibration.cores / 3600:.3g} CPU core-h"
+                                 if stage.emd_method == "exact" or calibration.device == "cpu" else "")
+                              for stage, seconds in emd)
             lines.append(f"EMD share of the estimate: {share}")
     if plan.cached is not None:
         lines.append("cached: token entries matched by backbone, kind, images (and dataset when known); "
@@ -96,6 +114,7 @@ def render_plan(plan: Plan) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from scopebench.backbones.registry import REGISTRY
+    from scopebench.device import resolve_device
     from scopebench.pipeline.cache import ActivationStore, default_cache_dir
     from scopebench.sae.recipe import RecipeError
     from scopebench.suite.plan import make_plan
@@ -107,8 +126,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: unknown backbone(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)} (or 'all')",
               file=sys.stderr)
         return 2
-    from scopebench.device import resolve_device
-
     try:
         device = str(resolve_device(args.device))
     except ValueError as err:
@@ -120,9 +137,10 @@ def _run(args: argparse.Namespace) -> int:
         scale = args.scale or scale_name_for(name)
         sizes = SCALES[scale]
         if args.emd_method is not None:
-            sizes = sizes.updated({"cds": {"emd_method": args.emd_method}, "attention_emd": {"method": args.emd_method}})
+            sizes = sizes.updated({"cds": {"emd_method": args.emd_method},
+                                   "attention_emd": {"method": args.emd_method}})
         try:
-            plan = make_plan(name, scale, sizes, args.recipe, calibrate_rates=not args.no_estimate,
+            plan = make_plan(name, scale, sizes, args.recipe, estimate_rates=args.estimate,
                              device=device, store=store, data_root=args.data_root, progress=not args.no_progress)
         except (FileNotFoundError, RecipeError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -130,15 +148,13 @@ def _run(args: argparse.Namespace) -> int:
         plans.append(plan)
         print(render_plan(plan) + "\n", flush=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        from scopebench.atomic import write_json_atomic
-
         write_json_atomic(args.json, {"plans": [plan.to_json() for plan in plans]})
     return 0
 
 
 def register_plan(subparsers: argparse._SubParsersAction) -> None:
-    """``scopebench plan --backbone NAME [--scale paper] [--no-estimate] [--json FILE]``."""
+    """``scopebench plan --backbone NAME [--scale paper] [--estimate all|emd|none] [--json FILE]``."""
+    from scopebench.suite.plan import ESTIMATES
     from scopebench.suite.scales import SCALES
 
     parser = subparsers.add_parser(
@@ -158,7 +174,9 @@ def register_plan(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--emd-method", choices=("exact", "sinkhorn"), default=None,
                         help="plan CDS and attention EMD with this solver instead of the scale's (sinkhorn: "
                              "batched on --device, meant for a GPU)")
-    parser.add_argument("--no-estimate", action="store_true", help="print the work only, without calibrating")
+    parser.add_argument("--estimate", choices=ESTIMATES, default="all",
+                        help="what to calibrate: every rate (default; a minute or more per large model on a CPU), "
+                             "only the EMD solvers' (seconds), or none (the work only)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the plans as JSON")
     add_cli_options(parser, "--cache-dir", "--data-root", "--device", "--no-progress")
     parser.set_defaults(handler=_run)

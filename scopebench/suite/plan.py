@@ -123,7 +123,7 @@ def scaled_recipe(recipe: SAERecipeBase, scale: BenchScale) -> SAERecipeBase:
     return recipe.model_validate({**recipe.model_dump(), **scale.sae_overrides})
 
 
-def _probe_stages(spec: BackboneSpec, scale: BenchScale, d_sae: int, n_classes: dict[str, int]) -> list[StageWork]:
+def _probe_stages(spec: BackboneSpec, scale: BenchScale, n_classes: dict[str, int]) -> list[StageWork]:
     config = scale.removal_probes
     stages = []
     for task in TASKS:
@@ -142,7 +142,8 @@ def _probe_stages(spec: BackboneSpec, scale: BenchScale, d_sae: int, n_classes: 
         dim = spec.embed_dim * (2 if task == "depth" else 1)
         classes = config.depth.n_bins if task == "depth" else n_classes[task]
         stages.append(StageWork(
-            f"probe {task}", encoded_tokens=encoded, dataset_reads=sum(counts), probe_epochs=EMBEDDINGS * probe.trials * probe.epochs,
+            f"probe {task}", encoded_tokens=encoded, dataset_reads=sum(counts),
+            probe_epochs=EMBEDDINGS * probe.trials * probe.epochs,
             probe_image_epochs=trained + PROBE_FORWARD_SHARE * evaluated,
             probe=ProbeShape(task, dim, spec.grid_side, target, classes, probe.batch_size)))
     return stages
@@ -178,7 +179,7 @@ def plan_work(spec: BackboneSpec, scale: BenchScale, recipe: SAERecipeBase, reci
                   forward="attention", emd_kind="dense", emd_method=att.method,
                   emd_pairs={p - s: att.images * spec.n_heads * (p - s) ** 2 for s in att.shifts}),
     ]
-    return stages + _probe_stages(spec, scale, d_sae, n_classes or REAL_CLASSES)
+    return stages + _probe_stages(spec, scale, n_classes or REAL_CLASSES)
 
 
 def _shift_range(shifts: tuple[int, ...]) -> str:
@@ -196,11 +197,11 @@ class Calibration:
     device: str
     cores: int  # CPU cores the solvers use (core-hours = wall hours x cores on a CPU)
     forward_per_second: dict[str, float]  # forward loop ("tokens", "scc", "attention") -> image views per second
-    sae_step_seconds: float
-    encode_tokens_per_second: float
+    sae_step_seconds: float | None  # None: not measured (an EMD-only calibration)
+    encode_tokens_per_second: float | None
     emd_seconds_per_pair: dict[str, float]  # "<kind>/<method>/<side>" -> seconds per pair
     probe_seconds_per_image_epoch: dict[str, float]  # task -> seconds
-    item_seconds: float = 0.0  # one dataset item read (calibration: a synthetic scene rendered)
+    item_seconds: float | None = None  # one dataset item read (calibration: a synthetic scene rendered)
     forward_note: str = ""  # how the forward rate was measured
     seconds: float = 0.0  # how long calibrating took
 
@@ -279,18 +280,20 @@ def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str
     data = SyntheticScenes(images, image_size=model.spec.image_size, seed=99)
     with tempfile.TemporaryDirectory() as folder:
         store = ActivationStore(folder)
-        if loop == "tokens":
-            run = lambda: extract_tokens(model, data, store, batch_size=batch, device=device, progress=False)  # noqa: E731
-        elif loop == "scc":
-            run = lambda: extract_scc_tokens(model, data, store, 1, batch_size=batch, device=device,  # noqa: E731
-                                             progress=False)
-        else:
-            def run() -> None:
+
+        def run() -> None:
+            if loop == "tokens":
+                extract_tokens(model, data, store, batch_size=batch, device=device, progress=False)
+            elif loop == "scc":
+                extract_scc_tokens(model, data, store, 1, batch_size=batch, device=device, progress=False)
+            else:  # attention EMD's loop: SCC views with attention, streamed, nothing stored
                 with torch.inference_mode():
                     for _ in iter_forward(model, data, np.arange(images), scc_views(model, 1), batch,
                                           torch.device(device), attention=True):
                         pass
-        seconds = _timed(lambda: (run(), _sync(device)))
+            _sync(device)
+
+        seconds = _timed(run)
     return seconds / images
 
 
@@ -416,22 +419,30 @@ def probe_seconds_per_image_epoch(shape: ProbeShape, device: str, epochs: int = 
     return _timed(lambda: run(n, epochs)) / (n * epochs)
 
 
+#: What ``make_plan`` calibrates: every rate, only the EMD solvers' (seconds: the stages that take days on a
+#: CPU or minutes on a GPU), or nothing (the work only).
+ESTIMATES = ("all", "emd", "none")
+
+
 def calibrate(spec: BackboneSpec, work: list[StageWork], recipe: SAERecipeBase, *, batch_size: int,
-              device: str = "cpu", progress: bool = True) -> Calibration:
-    """Measure every rate the estimate of ``work`` needs (seconds to a minute on a CPU)."""
+              device: str = "cpu", progress: bool = True, only_emd: bool = False) -> Calibration:
+    """Measure every rate the estimate of ``work`` needs (a minute to many on a CPU for large models), or with
+    ``only_emd`` the EMD solvers' alone (seconds per grid side)."""
     from tqdm.auto import tqdm
 
     emd_needed = sorted({(stage.emd_kind, stage.emd_method, side) for stage in work if stage.emd_kind
                          for side in stage.emd_pairs})
-    probes = [stage.probe for stage in work if stage.probe is not None]
-    loops = [stage.forward for stage in work if stage.forward]
+    probes = [] if only_emd else [stage.probe for stage in work if stage.probe is not None]
+    loops = [] if only_emd else [stage.forward for stage in work if stage.forward]
     started = time.perf_counter()
+    rates, note, step, encode, item = {}, "not measured", None, None, None
     with tqdm(total=2 + len(emd_needed) + len(probes), desc=f"calibrate {spec.name}", disable=not progress,
               leave=False) as bar:
-        rates, note = forward_rates(spec, loops, batch_size, device)
-        bar.update()
-        step, encode = sae_rates(recipe, spec.embed_dim, device)
-        bar.update()
+        if not only_emd:
+            rates, note = forward_rates(spec, loops, batch_size, device)
+            step, encode = sae_rates(recipe, spec.embed_dim, device)
+            item = item_seconds(spec.image_size)
+        bar.update(2)
         emd = {}
         for kind, method, side in emd_needed:
             solver_device = device if method == "sinkhorn" else "cpu"
@@ -441,7 +452,6 @@ def calibrate(spec: BackboneSpec, work: list[StageWork], recipe: SAERecipeBase, 
         for shape in probes:
             probe_rates[shape.task] = probe_seconds_per_image_epoch(shape, device)
             bar.update()
-        item = item_seconds(spec.image_size)
     return Calibration(device=str(device), cores=os.cpu_count() or 1, forward_per_second=rates,
                        sae_step_seconds=step, encode_tokens_per_second=encode, emd_seconds_per_pair=emd,
                        probe_seconds_per_image_epoch=probe_rates, item_seconds=item, forward_note=note,
@@ -459,23 +469,35 @@ def item_seconds(image_size: int, items: int = 8) -> float:
 # ------------------------------------------------------------------------------------------ estimate
 @dataclass(frozen=True)
 class StageEstimate:
-    seconds: float
+    seconds: float | None  # None: a rate it needs was not measured
     emd_seconds: float  # the EMD share of ``seconds`` (CPU core-hours = this x cores / 3600 for exact EMD)
 
 
 def estimate(stage: StageWork, calibration: Calibration) -> StageEstimate:
-    """Seconds of one stage: its work times the measured rates."""
-    seconds = 0.0
-    if stage.forward:
-        seconds += extraction_seconds(stage.forward_passes, calibration.forward_per_second[stage.forward])
-    seconds += stage.sae_steps * calibration.sae_step_seconds
-    seconds += stage.encoded_tokens / calibration.encode_tokens_per_second
+    """Seconds of one stage: its work times the measured rates (None when one of them was not measured)."""
     emd = sum(pairs * calibration.emd_rate(stage.emd_kind, stage.emd_method, side)
               for side, pairs in stage.emd_pairs.items()) if stage.emd_kind else 0.0
-    seconds += stage.dataset_reads * calibration.item_seconds
-    if stage.probe is not None:
-        seconds += stage.probe_image_epochs * calibration.probe_seconds_per_image_epoch[stage.probe.task]
-    return StageEstimate(seconds + emd, emd)
+    try:
+        seconds = emd
+        if stage.forward:
+            seconds += extraction_seconds(stage.forward_passes, calibration.forward_per_second[stage.forward])
+        if stage.sae_steps:
+            seconds += stage.sae_steps * _measured(calibration.sae_step_seconds)
+        if stage.encoded_tokens:
+            seconds += stage.encoded_tokens / _measured(calibration.encode_tokens_per_second)
+        if stage.dataset_reads:
+            seconds += stage.dataset_reads * _measured(calibration.item_seconds)
+        if stage.probe is not None:
+            seconds += stage.probe_image_epochs * calibration.probe_seconds_per_image_epoch[stage.probe.task]
+    except KeyError:
+        return StageEstimate(None, emd)
+    return StageEstimate(seconds, emd)
+
+
+def _measured(rate: float | None) -> float:
+    if rate is None:
+        raise KeyError("rate not measured")
+    return rate
 
 
 # -------------------------------------------------------------------------------------------- cached
@@ -580,9 +602,12 @@ class Plan:
 
 
 def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: str = "batchtopk", *,
-              calibrate_rates: bool = True, device: str = "cpu", store: Any = None, data_root: Path | None = None,
+              estimate_rates: str = "all", device: str = "cpu", store: Any = None, data_root: Path | None = None,
               progress: bool = True) -> Plan:
-    """The plan of one backbone at one scale for one SAE recipe (calibrated unless ``calibrate_rates`` is False)."""
+    """The plan of one backbone at one scale for one SAE recipe; ``estimate_rates`` in :data:`ESTIMATES` says
+    what is calibrated for its estimates."""
+    if estimate_rates not in ESTIMATES:
+        raise ValueError(f"estimate_rates must be one of {ESTIMATES}, got {estimate_rates!r}")
     from scopebench.backbones.registry import get_spec
     from scopebench.backbones.sources import get_source
     from scopebench.sae import load_recipe
@@ -599,9 +624,9 @@ def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: st
     identities = dataset_identities(spec, scale, every, data_root)
     work, notes = shared_extractions(every, identities)
     calibration = estimates = None
-    if calibrate_rates:
+    if estimate_rates != "none":
         calibration = calibrate(spec, work, scaled_recipe(recipe, scale), batch_size=scale.batch_size, device=device,
-                                progress=progress)
+                                progress=progress, only_emd=estimate_rates == "emd")
         estimates = [estimate(stage, calibration) for stage in work]
     cached = None
     if store is not None:
