@@ -52,6 +52,10 @@ def duration(seconds: float | None) -> str:
     return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
+def core_hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 1000 else f"{hours:.3g}"
+
+
 def _estimate(estimate: StageEstimate) -> str:
     """The stage's seconds, or at least its EMD share when another rate was not measured."""
     if estimate.seconds is None and estimate.emd_seconds:
@@ -102,7 +106,7 @@ def render_plan(plan: Plan) -> str:
         if emd:
             # the exact solver always runs on the CPU's cores; Sinkhorn on the device
             share = ", ".join(f"{stage.name} {duration(seconds)}"
-                              + (f" = {seconds * calibration.cores / 3600:.3g} CPU core-h"
+                              + (f" = {core_hours(seconds * calibration.cores / 3600)} CPU core-h"
                                  if stage.emd_method == "exact" or calibration.device == "cpu" else "")
                               for stage, seconds in emd)
             lines.append(f"EMD share of the estimate: {share}")
