@@ -9,13 +9,17 @@ the scale's overrides), so the plan cannot drift from the run.  Per stage:
 - SAE optimisation steps; tokens encoded by the SAE (reconstruction, CDS, awCDS, removals);
 - EMD pairs per overlap grid side (CDS: at most d_sae x k top images; attention: every overlap
   query of every head of every image, per shift);
-- probe image-epochs (3 embeddings x trials x epochs x training images, plus the evaluation passes).
+- probe image-epochs (3 embeddings x trials x epochs x training images, plus the evaluation passes)
+  and the dataset items the probes read for their targets.
+
+An extraction whose entries an earlier stage already writes (same kind, dataset and images: the
+planted dense probes share their scenes) is counted once, as the cache makes the run do it once.
 
 The estimate multiplies that work by rates measured on this machine (:func:`calibrate`): a few
 forward batches of a random-init model of the same shape (truncated to one and two blocks, the
 time of the designated layer's prefix extrapolated per block), a few SAE steps of the recipe's
 size, a few hundred EMD pairs per grid side, and a few probe epochs on random features of the
-real shapes.  Extraction's share is one function of a measured throughput
+real shapes (``make_plan(estimate_rates="emd")``: the EMD rates alone, in seconds).  Extraction's share is one function of a measured throughput
 (:func:`extraction_seconds`), so a loader's measured images/s can replace the calibration's.
 
 Not in the estimate: reading images from disk (calibration renders synthetic scenes of the
@@ -24,13 +28,12 @@ the leaderboard), which takes seconds.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,7 +350,8 @@ def sae_rates(recipe: SAERecipeBase, d_in: int, device: str) -> tuple[float, flo
     generator = torch.Generator().manual_seed(0)
     full = recipe.batch_size
     measured = full
-    while measured > 64 and measured * d_in * sae.d_sae > SAE_DIRECT_PRODUCTS:
+    # a GPU step at the full batch takes milliseconds, and a small batch would leave the GPU mostly idle
+    while torch.device(device).type != "cuda" and measured > 64 and measured * d_in * sae.d_sae > SAE_DIRECT_PRODUCTS:
         measured //= 2
 
     def step_seconds(batch: int) -> float:
@@ -390,7 +394,9 @@ def probe_seconds_per_image_epoch(shape: ProbeShape, device: str, epochs: int = 
 
     g = torch.Generator().manual_seed(0)
     pixels = max(shape.target_size, 1) ** 2
-    n = max(1, min(shape.batch_size, PROBE_MAX_VALUES // (shape.n_classes * pixels)))
+    # on a GPU the run's own batch (a smaller one would leave it idle), within GPU memory
+    cap = PROBE_MAX_VALUES * (64 if torch.device(device).type == "cuda" else 1)
+    n = max(1, min(shape.batch_size, cap // (shape.n_classes * pixels)))
     side, size = shape.grid_side, shape.target_size
 
     def run(rows: int, epochs: int) -> None:
