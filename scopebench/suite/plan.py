@@ -36,14 +36,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scopebench.analyses.removal_probes.config import TASKS
-from scopebench.backbones.spec import BackboneSpec
-from scopebench.sae.arch import SAERecipeBase
 from scopebench.suite.scales import BenchScale
+
+if TYPE_CHECKING:  # torch is imported when a plan is made, not when the CLI builds its parser
+    from scopebench.backbones.spec import BackboneSpec
+    from scopebench.sae.arch import SAERecipeBase
 
 EMBEDDINGS = 3  # removal probes: original, high-CDS removed, low-CDS removed
 CACHE_ITEMSIZE = 4  # tokens are stored as float32
