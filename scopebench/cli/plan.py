@@ -53,6 +53,8 @@ def duration(seconds: float | None) -> str:
 
 
 def core_hours(hours: float) -> str:
+    if hours < 0.01:
+        return "< 0.01"
     return f"{hours:,.0f}" if hours >= 1000 else f"{hours:.3g}"
 
 
