@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import ot
 import pytest
 import torch
 
-from scopebench.emd import grid_cost, grid_w1
+from scopebench.emd import grid_w1
+from scopebench.emd.workloads import MAP_KINDS, emd2_loop
 
 SIDE = 13
 PAIRS = 2000
@@ -40,42 +40,15 @@ class Workload:
     loop_seconds: float
 
 
-def sparse_feature_maps(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """SAE-like maps: a few active cells (often one or two), positive magnitudes."""
-    g = SIDE * SIDE
-    maps = []
-    for _ in range(2):
-        active = rng.random((PAIRS, g)) < rng.choice([0.01, 0.05, 0.15], size=(PAIRS, 1))
-        active[np.arange(PAIRS), rng.integers(0, g, PAIRS)] = True
-        maps.append(rng.exponential(1.0, (PAIRS, g)) * active)
-    return maps[0], maps[1]
-
-
-def attention_like_maps(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Dense softmax rows peaked around a query cell, two noisy views of the same query."""
-    g = SIDE * SIDE
-    row, col = np.divmod(np.arange(g), SIDE)
-    qr, qc = np.divmod(rng.integers(0, g, PAIRS), SIDE)
-    logits = -((row[None] - qr[:, None]) ** 2 + (col[None] - qc[:, None]) ** 2) / (2 * rng.uniform(1, 3, (PAIRS, 1)) ** 2)
-    a = np.exp(logits + rng.normal(0, 1, (PAIRS, g)))
-    b = np.exp(logits + rng.normal(0, 1, (PAIRS, g)))
-    return a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
-
-
-def plain_loop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    cost = np.array(grid_cost(SIDE))
-    return np.array([ot.emd2(x / x.sum(), y / y.sum(), cost) for x, y in zip(a, b)])
-
-
 @pytest.fixture(scope="module", params=["sparse", "attention"])
 def workload(request: pytest.FixtureRequest) -> Workload:
     """The pairs, the loop's W1 and its time: the faster of LOOP_ROUNDS runs, the one least disturbed by other load."""
-    maker = {"sparse": sparse_feature_maps, "attention": attention_like_maps}[request.param]
-    a, b = maker(np.random.default_rng(0))
+    maker = MAP_KINDS["sparse" if request.param == "sparse" else "dense"]
+    a, b = maker(np.random.default_rng(0), PAIRS, SIDE)
     seconds = []
     for _ in range(LOOP_ROUNDS):
         start = time.perf_counter()
-        reference = plain_loop(a, b)
+        reference = emd2_loop(a, b, SIDE)
         seconds.append(time.perf_counter() - start)
     return Workload(request.param, a, b, reference, min(seconds))
 

@@ -18,6 +18,7 @@ from scopebench.pipeline.cache import CACHE_ENV, TOKENS, ActivationStore, EntryI
 from scopebench.cli.backbones import register_backbones
 from scopebench.cli.claims import register_claims
 from scopebench.cli.leaderboard import register_leaderboard
+from scopebench.cli.plan import register_plan
 from scopebench.cli.quantities import register_quantities
 from scopebench.cli.recipes import register_recipes
 from scopebench.cli.regression import register_regression
@@ -203,7 +204,7 @@ def register_cache(subparsers: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_backbones, register_weights, register_claims, register_recipes, register_leaderboard, register_quantities,
-    register_regression, register_submit, register_cache,
+    register_regression, register_submit, register_cache, register_plan,
 ]
 
 

@@ -85,8 +85,17 @@ PAPER_SCALE = BenchScale(
 )
 
 
+#: The named scales (``scopebench plan --scale NAME``).
+SCALES: dict[str, BenchScale] = {"planted": PLANTED_SCALE, "paper": PAPER_SCALE}
+
+
+def scale_name_for(backbone: str) -> str:
+    """The name in :data:`SCALES` of the scale a bench run of ``backbone`` uses."""
+    return "planted" if backbone == "planted" else "paper"
+
+
 def scale_for(backbone: str) -> BenchScale:
-    return PLANTED_SCALE if backbone == "planted" else PAPER_SCALE
+    return SCALES[scale_name_for(backbone)]
 
 
 class ScaleFileError(ValueError):
