@@ -108,8 +108,14 @@ def test_forward_rate_extrapolates_per_block(monkeypatch) -> None:
     """1 block: a + b seconds per image, 2 blocks: a + 2b; the designated block `layer` costs a + (layer+1) b."""
     spec = get_spec("deit3-b")  # layer 8
     monkeypatch.setattr(planning, "_calibration_model", lambda spec, blocks, device: blocks)
-    monkeypatch.setattr(planning, "_forward_seconds", lambda model, loop, n, batch, device: 0.3 + 0.2 * model)
-    rates, note = planning.forward_rates(spec, ["tokens", "scc"], batch=32, device="cpu")
+    loaders = set()
+
+    def seconds(model, loop, n, batch, device, workers, precision):
+        loaders.add((workers, precision))
+        return 0.3 + 0.2 * model
+    monkeypatch.setattr(planning, "_forward_seconds", seconds)
+    rates, note = planning.forward_rates(spec, ["tokens", "scc"], batch=32, device="cpu", workers=3, precision="bf16")
+    assert loaders == {(3, "bf16")}  # timed through the run's own loader and precision
     assert rates["tokens"] == pytest.approx(1 / (0.3 + 9 * 0.2))
     assert rates["scc"] == pytest.approx(2 / (0.3 + 9 * 0.2))  # an SCC image is two views
     assert "per-block" in note
@@ -158,3 +164,5 @@ def test_plan_command_refuses_unknown_names(capsys) -> None:
     assert "unknown backbone(s) vit-huge; known: clip-b16" in capsys.readouterr().err
     assert main(["plan", "--backbone", "planted", "--recipe", "nosuch", "--estimate", "none"]) == 2
     assert "no SAE recipe" in capsys.readouterr().err
+    assert main(["plan", "--backbone", "planted", "--workers", "-1", "--estimate", "none"]) == 2
+    assert "--workers -1: give 0" in capsys.readouterr().err

@@ -122,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from scopebench.backbones.registry import REGISTRY
     from scopebench.device import resolve_device
     from scopebench.pipeline.cache import ActivationStore, default_cache_dir
+    from scopebench.pipeline.loader import available_cpus
     from scopebench.sae.recipe import RecipeError
     from scopebench.suite.plan import make_plan
     from scopebench.suite.scales import SCALES, scale_name_for
@@ -137,6 +138,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 0:
+        print(f"error: --workers {args.workers}: give 0 (load images in the main process) or more", file=sys.stderr)
+        return 2
     store = ActivationStore(args.cache_dir if args.cache_dir is not None else default_cache_dir())
     plans = []
     for name in names:
@@ -147,7 +151,9 @@ def _run(args: argparse.Namespace) -> int:
                                    "attention_emd": {"method": args.emd_method}})
         try:
             plan = make_plan(name, scale, sizes, args.recipe, estimate_rates=args.estimate,
-                             device=device, store=store, data_root=args.data_root, progress=not args.no_progress)
+                             device=device, store=store, data_root=args.data_root, progress=not args.no_progress,
+                             workers=available_cpus() if args.workers is None else args.workers,
+                             precision=args.precision)
         except (FileNotFoundError, RecipeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -184,5 +190,5 @@ def register_plan(subparsers: argparse._SubParsersAction) -> None:
                         help="what to calibrate: every rate (default; a minute or more per large model on a CPU), "
                              "only the EMD solvers' (seconds), or none (the work only)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the plans as JSON")
-    add_cli_options(parser, "--cache-dir", "--data-root", "--device", "--no-progress")
+    add_cli_options(parser, "--cache-dir", "--data-root", "--device", "--workers", "--precision", "--no-progress")
     parser.set_defaults(handler=_run)

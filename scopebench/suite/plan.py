@@ -274,8 +274,10 @@ def _calibration_model(spec: BackboneSpec, blocks: int, device: str) -> Any:
 LOOP_VIEWS = {"tokens": 1, "scc": 2, "attention": 2}  # views each image of a forward loop passes through the model
 
 
-def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str) -> float:
-    """Seconds per image (all its views) of one forward loop of the run, on synthetic scenes of the input size."""
+def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str, workers: int = 0,
+                     precision: str = "fp32") -> float:
+    """Seconds per image (all its views) of one forward loop of the run, on synthetic scenes of the input size,
+    through the run's own loading pipeline (``workers`` DataLoader processes, the forward ``precision``)."""
     import torch
 
     from scopebench.data.scenes import SyntheticScenes
@@ -288,13 +290,15 @@ def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str
 
         def run() -> None:
             if loop == "tokens":
-                extract_tokens(model, data, store, batch_size=batch, device=device, progress=False)
+                extract_tokens(model, data, store, batch_size=batch, device=device, progress=False,
+                               workers=workers, precision=precision)
             elif loop == "scc":
-                extract_scc_tokens(model, data, store, 1, batch_size=batch, device=device, progress=False)
+                extract_scc_tokens(model, data, store, 1, batch_size=batch, device=device, progress=False,
+                                   workers=workers, precision=precision)
             else:  # attention EMD's loop: SCC views with attention, streamed, nothing stored
                 with torch.inference_mode():
                     for _ in iter_forward(model, data, np.arange(images), scc_views(model, 1), batch,
-                                          torch.device(device), attention=True):
+                                          torch.device(device), attention=True, workers=workers, precision=precision):
                         pass
             _sync(device)
 
@@ -303,7 +307,8 @@ def _forward_seconds(model: Any, loop: str, images: int, batch: int, device: str
 
 
 def forward_rates(spec: BackboneSpec, loops: Iterable[str], batch: int, device: str,
-                  images: int = 4, own_images: int = 32) -> tuple[dict[str, float], str]:
+                  images: int = 4, own_images: int = 32, workers: int = 0,
+                  precision: str = "fp32") -> tuple[dict[str, float], str]:
     """Image views per second of each forward loop through ``spec``'s designated block, and how it was measured.
 
     Real sources: random-init models truncated to one and two blocks give the per-image cost of the
@@ -317,17 +322,19 @@ def forward_rates(spec: BackboneSpec, loops: Iterable[str], batch: int, device: 
     n = min(batch, images)
     if not get_source(spec.source).takes_weights:
         model = _calibration_model(spec, spec.depth, device)
-        _forward_seconds(model, "tokens", 2, n, device)  # warm-up
-        return ({loop: LOOP_VIEWS[loop] / _forward_seconds(model, loop, own_images, batch, device) for loop in loops},
-                f"the {spec.name} backbone on {own_images} scenes")
+        _forward_seconds(model, "tokens", 2, n, device, workers, precision)  # warm-up
+        return ({loop: LOOP_VIEWS[loop] / _forward_seconds(model, loop, own_images, batch, device, workers, precision)
+                 for loop in loops}, f"the {spec.name} backbone on {own_images} scenes, {workers} loader workers, {precision}")
     one, two = _calibration_model(spec, 1, device), _calibration_model(spec, 2, device)
-    _forward_seconds(one, "tokens", 2, 2, device)  # warm-up
+    _forward_seconds(one, "tokens", 2, 2, device, workers, precision)  # warm-up
     rates = {}
     for loop in loops:
-        t1, t2 = _forward_seconds(one, loop, n, n, device), _forward_seconds(two, loop, n, n, device)
+        t1 = _forward_seconds(one, loop, n, n, device, workers, precision)
+        t2 = _forward_seconds(two, loop, n, n, device, workers, precision)
         block = max(t2 - t1, 0.0)
         rates[loop] = LOOP_VIEWS[loop] / (max(t1 - block, 0.0) + (spec.layer + 1) * block)
-    return rates, f"random-init 1- and 2-block models of {spec.name}'s shape on {n} scenes, per-block extrapolation"
+    return rates, (f"random-init 1- and 2-block models of {spec.name}'s shape on {n} scenes, per-block extrapolation, "
+                   f"{workers} loader workers, {precision}")
 
 
 # An SAE step multiplies batch x d_in x d_sae; above this many products a step is measured at a smaller
@@ -433,7 +440,8 @@ ESTIMATES = ("all", "emd", "none")
 
 
 def calibrate(spec: BackboneSpec, work: list[StageWork], recipe: SAERecipeBase, *, batch_size: int,
-              device: str = "cpu", progress: bool = True, only_emd: bool = False) -> Calibration:
+              device: str = "cpu", progress: bool = True, only_emd: bool = False, workers: int = 0,
+              precision: str = "fp32") -> Calibration:
     """Measure every rate the estimate of ``work`` needs (a minute to many on a CPU for large models), or with
     ``only_emd`` the EMD solvers' alone (seconds per grid side)."""
     from tqdm.auto import tqdm
@@ -447,7 +455,7 @@ def calibrate(spec: BackboneSpec, work: list[StageWork], recipe: SAERecipeBase, 
     with tqdm(total=2 + len(emd_needed) + len(probes), desc=f"calibrate {spec.name}", disable=not progress,
               leave=False) as bar:
         if not only_emd:
-            rates, note = forward_rates(spec, loops, batch_size, device)
+            rates, note = forward_rates(spec, loops, batch_size, device, workers=workers, precision=precision)
             step, encode = sae_rates(recipe, spec.embed_dim, device)
             item = item_seconds(spec.image_size)
         bar.update(2)
@@ -611,7 +619,7 @@ class Plan:
 
 def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: str = "batchtopk", *,
               estimate_rates: str = "all", device: str = "cpu", store: Any = None, data_root: Path | None = None,
-              progress: bool = True) -> Plan:
+              progress: bool = True, workers: int = 0, precision: str = "fp32") -> Plan:
     """The plan of one backbone at one scale for one SAE recipe; ``estimate_rates`` in :data:`ESTIMATES` says
     what is calibrated for its estimates."""
     if estimate_rates not in ESTIMATES:
@@ -634,7 +642,8 @@ def make_plan(backbone: str, scale_name: str, scale: BenchScale, recipe_name: st
     calibration = estimates = None
     if estimate_rates != "none":
         calibration = calibrate(spec, work, scaled_recipe(recipe, scale), batch_size=scale.batch_size, device=device,
-                                progress=progress, only_emd=estimate_rates == "emd")
+                                progress=progress, only_emd=estimate_rates == "emd", workers=workers,
+                                precision=precision)
         estimates = [estimate(stage, calibration) for stage in work]
     cached = None
     if store is not None:
