@@ -100,7 +100,7 @@ def test_each_column_has_one_precision_in_every_table(results: Path) -> None:
     with pytest.raises(ValueError, match="no display precision"):
         quantity("a new quantity", "furlongs")
     formats = column_formats()
-    assert (formats["FVU_A"], formats["L0_A"], formats["dead %"], formats["Δdepth lo"]) == (".3g", ".1f", ".2f", ".3f")
+    assert (formats["FVU_A"], formats["L0_A"], formats["dead %"], formats["Δdepth lo"]) == (".3g", ".3g", ".2f", ".3f")
     records = load_results(results)
     frame = build_frame(records)
     text, markdown = render_text(frame), render_markdown(frame)

@@ -223,7 +223,7 @@ def test_leaderboard_flags_l0_far_from_the_papers_k():
     frame = pd.DataFrame({"backbone": ["planted"] * 3, "SAE": ["batchtopk", "relu", "jumprelu"],
                           "FVU_A": [0.001, 0.16, 0.002], "L0_A": [30.16, 0.127, math.nan], "claims": ["", "", ""]})
     text = render_text(frame)
-    assert "30.16 " in text and f"0.127{L0_FLAG}" in text and f"30.16{L0_FLAG}" not in text
+    assert "30.2 " in text and f"0.127{L0_FLAG}" in text and f"30.2{L0_FLAG}" not in text
     markdown = render_markdown(frame)
     assert f"| 0.127{L0_FLAG} " in markdown and f"0.001{L0_FLAG}" not in markdown  # only the L0_A column
     assert f"{L0_FLAG} after L0_A: more than 20% away from the paper's k = 30" in markdown
