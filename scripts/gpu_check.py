@@ -93,6 +93,22 @@ def compare_emd(side: int, pairs: int, device: str) -> dict[str, Any]:
             "goal": SINKHORN_GOAL, "goal_met": bool(ratio >= SINKHORN_GOAL and relative.mean() <= ERROR_GOAL)}
 
 
+def run_loader(dry_run: bool, device: str) -> dict[str, Any]:
+    """Extraction images/s with the DataLoader pipeline (ViT-B/16 and ViT-L/14-336, fp32 and bf16) and the GPU's
+    utilisation meanwhile (bench/perf/gpu_loader_check.py); the dry run times the planted backbone on the CPU."""
+    import torch
+
+    sys.path.insert(0, str(REPO))  # bench/ is the checkout's, not the installed package's
+    from bench.perf.gpu_loader_check import BACKBONES, measure
+    from scopebench.pipeline.loader import available_cpus
+
+    if dry_run:
+        rows = measure(("planted",), images=8, batch_size=4, workers=2, device=torch.device("cpu"))
+    else:
+        rows = measure(BACKBONES, images=512, batch_size=128, workers=available_cpus(), device=torch.device(device))
+    return {"rows": rows}
+
+
 def run_plans(dry_run: bool, device: str, deadline: float) -> dict[str, Any]:
     from scopebench.backbones.registry import REGISTRY
     from scopebench.suite.plan import make_plan
@@ -149,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     timed("tests", lambda: run_tests(args.dry_run))
     cases = DRY_EMD_CASES if args.dry_run else EMD_CASES
     timed("emd", lambda: {"cases": [compare_emd(side, pairs, device) for side, pairs in cases]})
+    timed("loader", lambda: run_loader(args.dry_run, device))
     deadline = started + PLAN_SHARE * args.budget
     timed("plan", lambda: run_plans(args.dry_run, device, deadline))
     report["seconds"] = time.perf_counter() - started

@@ -44,7 +44,10 @@ def dry_run(tmp_path_factory) -> dict:
 
 def test_dry_run_writes_every_section_from_the_cpu_halves(dry_run: dict) -> None:
     assert dry_run["dry_run"] is True and dry_run["environment"]["device"] == "cpu"
-    assert set(dry_run["sections"]) == {"tests", "emd", "plan"}
+    assert set(dry_run["sections"]) == {"tests", "emd", "loader", "plan"}
+    loader = dry_run["sections"]["loader"]["rows"]
+    assert [(row["backbone"], row["precision"]) for row in loader] == [("planted", "fp32"), ("planted", "bf16")]
+    assert all(row["images"] == 8 and row["images_per_s"] == pytest.approx(8 / row["seconds"]) for row in loader)
     tests = dry_run["sections"]["tests"]
     # every CUDA test ran, with the CPU standing in for the device
     assert tests["exit_code"] == 0 and tests["collected"] == _cuda_test_count()

@@ -52,6 +52,29 @@ class UtilisationSampler:
         self._thread.join()
 
 
+def measure(backbones: tuple[str, ...], *, images: int, batch_size: int, workers: int,
+            device: torch.device) -> list[dict]:
+    """images/s of each backbone at each precision through the loader, with the GPU's mean utilisation."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        data = write_jpeg_tree(Path(folder), images + batch_size)
+        for name in backbones:
+            backbone = load_backbone(name, random_init=True, device=str(device))
+            for precision in PRECISIONS:
+                watch = UtilisationSampler(device) if device.type == "cuda" else contextlib.nullcontext()
+                with watch as sampler:
+                    measured = images_per_second(backbone, data, n_images=images, batch_size=batch_size,
+                                                 workers=workers, precision=precision, device=device)
+                utilisation = statistics.fmean(sampler.samples) if sampler and sampler.samples else None
+                rows.append({"backbone": name, "precision": precision, "workers": workers,
+                             "batch_size": batch_size, "images": measured.images, "seconds": measured.seconds,
+                             "images_per_s": measured.images_per_s, "gpu_utilisation_pct": utilisation,
+                             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                print(json.dumps(rows[-1]), flush=True)
+            del backbone
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the measurements")
@@ -61,24 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated registry names")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        data = write_jpeg_tree(Path(folder), args.images + args.batch_size)
-        for name in args.backbones.split(","):
-            backbone = load_backbone(name, random_init=True, device=str(device))
-            for precision in PRECISIONS:
-                watch = UtilisationSampler(device) if device.type == "cuda" else contextlib.nullcontext()
-                with watch as sampler:
-                    measured = images_per_second(backbone, data, n_images=args.images, batch_size=args.batch_size,
-                                                 workers=args.workers, precision=precision, device=device)
-                utilisation = statistics.fmean(sampler.samples) if sampler and sampler.samples else None
-                rows.append({"backbone": name, "precision": precision, "workers": args.workers,
-                             "batch_size": args.batch_size, "images": measured.images, "seconds": measured.seconds,
-                             "images_per_s": measured.images_per_s, "gpu_utilisation_pct": utilisation,
-                             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
-                print(json.dumps(rows[-1]), flush=True)
-            del backbone
+    rows = measure(tuple(args.backbones.split(",")), images=args.images, batch_size=args.batch_size,
+                   workers=args.workers, device=torch.device(args.device))
     args.out.write_text(json.dumps(rows, indent=2))
     return 0
 
