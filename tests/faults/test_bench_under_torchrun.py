@@ -82,7 +82,13 @@ def test_bench_under_torchrun_writes_one_process_results_from_rank_0(tmp_path):
     sae_two, sae_one = (n["planted__batchtopk.json"]["analyses"] for n in (two, one))
     assert sae_two["reconstruction"] == sae_one["reconstruction"]  # every rank computes it alone, as one process
     # CDS: counts exact; gamma is read off CDS values that are float64 sums reduced in another order
-    assert sae_two["cds"] == pytest.approx(sae_one["cds"], rel=1e-12)
+    two_cds, one_cds = sae_two["cds"], sae_one["cds"]
+    numbers = [k for k, v in one_cds.items() if isinstance(v, float)]
+    assert {k: two_cds[k] for k in numbers} == pytest.approx({k: one_cds[k] for k in numbers}, rel=1e-12)
+    assert two_cds["no_partition"] == one_cds["no_partition"]
+    # the histogram's counts may move only where a CDS sits within rounding of a bin edge: compare totals and edges
+    assert sum(sae_two["cds"]["histogram"]["counts"]) == sum(sae_one["cds"]["histogram"]["counts"])
+    assert sae_two["cds"]["histogram"]["edges"] == pytest.approx(sae_one["cds"]["histogram"]["edges"], rel=1e-12)
     emd_two, emd_one = (n["planted.json"]["analyses"]["attention_emd"]["per_shift"]["1"] for n in (two, one))
     counts = ("n_outlier", "n_non_outlier")
     assert [emd_two[k] for k in counts] == [emd_one[k] for k in counts]
