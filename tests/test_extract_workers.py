@@ -6,11 +6,11 @@ resized in the worker), over several shards whose size is not a multiple of the 
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from scopebench.backbones import load_backbone
 from scopebench.backbones.base import Grid, LayerOutput, Preprocess
@@ -116,12 +116,14 @@ def test_a_run_resumed_with_the_other_loader_is_the_uninterrupted_one(planted, s
 
 
 def test_what_a_worker_gets_survives_pickling(planted, scenes):
-    """Under a spawn or forkserver start method the dataset and view maker travel pickled."""
+    """Under a spawn or forkserver start method the dataset and view maker travel to the worker pickled:
+    a spawned DataLoader worker computes what the main process does."""
     views = RowViews(scenes, np.array([5, 2]), scc_views(planted, SHIFT))
-    copy = pickle.loads(pickle.dumps(views))
-    for position in range(len(views)):
+    spawned = DataLoader(views, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    for position, got in enumerate(spawned):
         for suffix, pixels in views[position].items():
-            assert torch.equal(copy[position][suffix], pixels)
+            assert torch.equal(got[suffix], pixels)
+    assert position == len(views) - 1
 
 
 def test_bad_worker_counts_and_precisions_are_refused(planted, scenes, tmp_path):
