@@ -1,16 +1,8 @@
 """Figures 9 and 10: where the lowest- and highest-CDS features fire on their top images."""
-import base64
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from scopebench.results.plots import plot_feature_maps
-
-
-def _pixels(png: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"), dtype=np.float64) / 255.0
 
 
 @pytest.mark.backbones("figure9-10")
@@ -23,7 +15,7 @@ def test_figure9_10_feature_maps(workbench, backbone, sae_name, claim_report, pl
         maps = np.array([p.maps for p in panels])
         # (a top image may show nothing in view A: it is chosen by the peak over both views)
         assert maps.shape[:2] == (config.n_features, config.n_images) and np.isfinite(maps).all()
-        images = np.array([[_pixels(png) for png in p.thumbnails] for p in panels])
+        images = np.array([p.thumbnail_pixels() for p in panels])
         drawn = plot_feature_maps(maps, plots_dir / f"figure{9 if group == 'low' else 10}-{group}-cds-{backbone}-"
                                   f"{sae_name}.png", feature_ids=[p.feature for p in panels],
                                   cds=[p.cds for p in panels], images=images,

@@ -18,8 +18,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import io
-
 import itables
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -27,7 +25,6 @@ import numpy as np
 import pandas as pd
 from itables.javascript import generate_init_offline_itables_html
 from itables.typing import JavascriptFunction
-from PIL import Image
 
 from scopebench.analyses import ANALYSES, quantity_catalogue
 from scopebench.atomic import write_text_atomic
@@ -242,10 +239,6 @@ def _deltas_png(part: pd.DataFrame, backbone: str, path: Path) -> Path | None:
     return path
 
 
-def _pixels(png: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"), dtype=np.float64) / 255.0
-
-
 def _feature_map_pngs(saes: list[ResultRecord], backbone: str, folder: Path, i: int) -> list[tuple[Path, str]]:
     """Figures 9 and 10 per SAE: the lowest- and highest-CDS features' maps over their top images."""
     pngs = []
@@ -258,7 +251,7 @@ def _feature_map_pngs(saes: list[ResultRecord], backbone: str, folder: Path, i: 
             path = folder / f"maps-{i}-{j}-{group}.png"
             plot_feature_maps(np.array([p.maps for p in panels]), path, feature_ids=[p.feature for p in panels],
                               cds=[p.cds for p in panels],
-                              images=np.array([[_pixels(t) for t in p.thumbnails] for p in panels]),
+                              images=np.array([p.thumbnail_pixels() for p in panels]),
                               title=f"{record.sae.name}: {group}-CDS features")
             pngs.append((path, f"Figure {figure}, {record.sae.name}: {group}-CDS features on their top images"))
     return pngs

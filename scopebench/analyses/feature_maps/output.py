@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import base64
+import io
 from typing import Literal, Optional
+
+import numpy as np
+from PIL import Image
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +23,11 @@ class FeatureMapPanel(BaseModel):
     images: list[int] = Field(description="dataset index of each top image")
     maps: list[list[list[float]]] = Field(description="[image][row][col] activation on the overlap, view A")
     thumbnails: list[str] = Field(description="[image] the overlap's pixels in view A, a base64 PNG")
+
+    def thumbnail_pixels(self) -> np.ndarray:
+        """The thumbnails decoded: ``[image, H, W, 3]`` in [0, 1] (what Figures 9-10 draw the maps over)."""
+        return np.array([np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"), dtype=np.float64)
+                         for png in self.thumbnails]) / 255.0
 
 
 class FeatureMapsOutput(AnalysisOutput):
