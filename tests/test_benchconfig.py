@@ -132,12 +132,11 @@ def test_missing_dataset_is_unavailable_but_a_malformed_one_is_an_error(tmp_path
 def test_a_scale_file_changes_one_backbone_and_bad_ones_are_refused_naming_the_problem(tmp_path) -> None:
     import json
 
-    from scopebench.backbones.registry import REGISTRY
     from scopebench.suite.scales import PLANTED_SCALE, ScaleFileError, read_scale_file
 
     good = tmp_path / "scale.json"
     good.write_text(json.dumps({"planted": {"cds": {"images": 32}, "batch_size": 8}}))
-    scales = read_scale_file(good, list(REGISTRY))
+    scales = read_scale_file(good)
     assert set(scales) == {"planted"} and scales["planted"].cds.images == 32 and scales["planted"].batch_size == 8
     assert scales["planted"].cds.k == PLANTED_SCALE.cds.k  # what the file does not name stays built in
     for content, message in ((["planted"], "expected a JSON object"), ({"vit-x": {}}, "unknown backbone 'vit-x'"),
@@ -147,7 +146,7 @@ def test_a_scale_file_changes_one_backbone_and_bad_ones_are_refused_naming_the_p
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps(content))
         with pytest.raises(ScaleFileError, match=re.escape(message)):
-            read_scale_file(bad, list(REGISTRY))
+            read_scale_file(bad)
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ScaleFileError, match="cannot read a JSON object"):
-        read_scale_file(tmp_path / "broken.json", list(REGISTRY))
+        read_scale_file(tmp_path / "broken.json")

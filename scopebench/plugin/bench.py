@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     scale = config.getoption("scale")
     try:
-        config.stash[_SCALES_KEY] = read_scale_file(scale, list(REGISTRY)) if scale else {}
+        config.stash[_SCALES_KEY] = read_scale_file(scale) if scale else {}
     except ScaleFileError as err:
         raise pytest.UsageError(str(err)) from None
     plots = config.getoption("plots_dir")

@@ -102,13 +102,14 @@ class ScaleFileError(ValueError):
     """A ``--scale`` file that cannot be used; the message names the file, the problem and the fix."""
 
 
-def read_scale_file(path: Path, known: Any) -> dict[str, BenchScale]:
+def read_scale_file(path: Path) -> dict[str, BenchScale]:
     """``{"planted": {"cds": {"images": 32}}, ...}`` -> the changed scale of each named backbone.
 
     Each backbone's changes are merged into its built-in scale (:func:`scale_for`) and validated
-    like the built-in ones, so a typo or a bad value is refused before anything runs. ``known``
-    is the registry's backbone names.
+    like the built-in ones, so a typo or a bad value is refused before anything runs.
     """
+    from scopebench.backbones.registry import REGISTRY  # here: the CLI reads SCALES without importing torch
+
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -118,8 +119,8 @@ def read_scale_file(path: Path, known: Any) -> dict[str, BenchScale]:
                              '{"planted": {"cds": {"images": 32}}}')
     scales = {}
     for backbone, changes in raw.items():
-        if backbone not in known:
-            raise ScaleFileError(f"--scale {path}: unknown backbone {backbone!r}; known: {', '.join(known)}")
+        if backbone not in REGISTRY:
+            raise ScaleFileError(f"--scale {path}: unknown backbone {backbone!r}; known: {', '.join(REGISTRY)}")
         if not isinstance(changes, dict):
             raise ScaleFileError(f"--scale {path}: {backbone}: expected an object of scale fields")
         try:
