@@ -230,7 +230,7 @@ def _awcds_png(saes: list[ResultRecord], backbone: str, path: Path) -> Path | No
 
 
 def _deltas_png(part: pd.DataFrame, backbone: str, path: Path) -> Path | None:
-    columns = [c for c in part.columns if c.startswith("\u0394")]
+    columns = [c for c in ANALYSES["removal_probes"].output.DERIVED_COLUMNS if c in part.columns]
     deltas = part[part["SAE"] != "paper"].set_index("SAE")[columns].apply(pd.to_numeric, errors="coerce")
     deltas = deltas.dropna(how="all").dropna(axis=1, how="all")
     if deltas.empty:
