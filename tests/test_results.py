@@ -168,7 +168,11 @@ def test_version_1_files_are_upgraded_quantity_by_quantity(tmp_path: Path) -> No
         record = load_result(tmp_path / name)
         got = {k: v for a in record.analyses for k, v in record.output(a).quantities().items() if k != "tau"}
         want = {k: v for table in old[name]["measurements"].values() for k, v in table.items() if v is not None}
+        derived = {k: got.pop(k) for k in list(got) if any(k in a.output.DERIVED for a in ANALYSES.values())}
         assert got == want, name  # table3 and figure8 both held cls_top1_*: now stored once
+        # quantities added since v1 follow from the stored ones, so the old file gains them when read
+        assert derived == {"high_share": want["n_high"] / (want["n_low"] + want["n_high"]),
+                           "cls_top1_low_removal_gap": want["cls_top1_original"] - want["cls_top1_low_removed"]}
         assert record.claims.keys() == old[name]["claims"].keys()
         assert record.output("reconstruction").tau == old[name]["definitions"]["tau_value"]
         assert record.analyses["cds"].config == {"k": old[name]["definitions"]["cds_k"],

@@ -10,11 +10,11 @@ the output models, so a quantity is described once, where it is computed.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 
 
@@ -72,6 +72,17 @@ class AnalysisOutput(BaseModel):
 
     #: Quantities stored per SCC shift (``name[s=N]``): base name -> (description, unit, column at s=1 or None).
     INDEXED_QUANTITIES: ClassVar[dict[str, tuple[str, str, str | None]]] = {}
+    #: Quantity fields that follow from the output's other fields: field -> function of the raw field values
+    #: (a mapping; None when its inputs are absent). They are recomputed whenever an output is built or read,
+    #: so a stored value can never disagree with its inputs and files written before the field existed gain it.
+    DERIVED: ClassVar[dict[str, Callable[[Mapping[str, Any]], float | None]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and cls.DERIVED:
+            data = {**data, **{name: derive(data) for name, derive in cls.DERIVED.items()}}
+        return data
 
     @classmethod
     def quantity_fields(cls) -> dict[str, FieldInfo]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Optional
 
 from scopebench.analyses.base import AnalysisOutput, quantity
@@ -23,6 +24,12 @@ def _field(score: str, embedding: str) -> Any:
     return quantity(f"{text}, {_EMBEDDING[embedding]}", unit, default=None)
 
 
+def low_removal_gap(values: Mapping[str, Any]) -> float | None:
+    """``cls_top1_original - cls_top1_low_removed``: the accuracy that removing the low-CDS features costs."""
+    original, removed = values.get("cls_top1_original"), values.get("cls_top1_low_removed")
+    return None if original is None or removed is None else original - removed
+
+
 class RemovalProbesOutput(AnalysisOutput):
     """Probe scores on the task's test split; a task that was not run stays null."""
 
@@ -35,6 +42,11 @@ class RemovalProbesOutput(AnalysisOutput):
     depth_rmse_original: Optional[float] = _field("depth_rmse", "original")
     depth_rmse_high_removed: Optional[float] = _field("depth_rmse", "high_removed")
     depth_rmse_low_removed: Optional[float] = _field("depth_rmse", "low_removed")
+    cls_top1_low_removal_gap: Optional[float] = quantity(
+        "top-1 accuracy lost by removing the low-CDS features, cls_top1_original - cls_top1_low_removed (Figure 8's "
+        "gap)", "percent", default=None)
+
+    DERIVED: ClassVar[dict[str, Any]] = {"cls_top1_low_removal_gap": low_removal_gap}
 
     #: (removed) - (original) in the probe's unit
     DERIVED_COLUMNS: ClassVar[dict[str, Any]] = {
