@@ -1,11 +1,11 @@
-"""Table 4 and Figure 6: CDS splits the dictionary into a large local and a small global group."""
+"""Table 4 and Figure 6: CDS splits the dictionary into a large local and a small, separate global group."""
 import numpy as np
 import pytest
 
 from scopebench.results.plots import plot_cds_histograms
 
 
-@pytest.mark.backbones("table4")
+@pytest.mark.backbones("table4", "figure6")
 def test_table4_cds_partition(workbench, backbone, sae_name, claim_report, plots_dir):
     result = workbench.result("cds", backbone, sae_name)
     scores, groups = result.output.details

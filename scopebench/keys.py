@@ -1,4 +1,5 @@
-"""Quantity keys: a plain name (``fvu_a``) or a name indexed by the SCC shift (``attn_emd_out[s=3]``)."""
+"""Quantity keys: a plain name (``fvu_a``) or an indexed one: by the SCC shift (``attn_emd_out[s=3]``), or by the
+rank of a backbone within its family's sizes (``cls_top1_low_removal_gap[size=1]``, family claims only)."""
 from __future__ import annotations
 
 import re
@@ -6,9 +7,9 @@ import re
 _INDEXED = re.compile(r"^(?P<base>[a-z0-9_]+)\[(?P<index>[a-z]+)=(?P<value>-?\d+)\]$")
 
 
-def indexed(name: str, s: int) -> str:
-    """Key of an SCC-shift-indexed quantity, e.g. ``indexed("attn_emd_out", 1) == "attn_emd_out[s=1]"``."""
-    return f"{name}[s={s}]"
+def indexed(name: str, s: int, index: str = "s") -> str:
+    """Key of an indexed quantity, e.g. ``indexed("attn_emd_out", 1) == "attn_emd_out[s=1]"`` (``index`` the index's name)."""
+    return f"{name}[{index}={s}]"
 
 
 def index_of(key: str) -> tuple[str, str, int] | None:

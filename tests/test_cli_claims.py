@@ -42,7 +42,8 @@ def test_table_filter_and_table6_paper_values(capsys):
     code, out, _ = _cli(capsys, "claims", "--table", "table6")
     assert code == 0
     assert [row["id"] for row in parse_table(out, "id")] == ["table6.outliers-reconstructed-better",
-                                                            "table6.outliers-cosine-higher"]
+                                                            "table6.outliers-cosine-higher",
+                                                            "table6.outliers-fewer-latents"]
     values = {row["backbone"]: row for row in parse_table(_section(out, "table6.outliers-reconstructed-better"),
                                                           "backbone")}
     # Supplement Table 6, FVU_A / FVU_O columns.
@@ -51,6 +52,11 @@ def test_table_filter_and_table6_paper_values(capsys):
     assert len(values) == 12 and {row["holds"] for row in values.values()} == {"yes"}
     fvu_section, cos_section = _section(out, "table6.outliers-reconstructed-better").split(
         "\ntable6.outliers-cosine-higher — ")
+    latents = {row["backbone"]: row for row in parse_table(_section(out, "table6.outliers-fewer-latents"), "backbone")}
+    # Supplement Table 6, L0_O / L0_A: DINOv2-G's outliers come closest to the average token (28.709 vs 30.664)
+    assert (latents["dinov2-g"]["l0_o"], latents["dinov2-g"]["l0_a"], latents["dinov2-g"]["holds"]) == (
+        "28.709", "30.664", "yes")
+    assert len(latents) == 12 and {row["holds"] for row in latents.values()} == {"yes"}
     assert "not expected of" not in cos_section
 
 

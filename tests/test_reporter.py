@@ -79,7 +79,7 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
     lines = result.outlines
     header = next(i for i, line in enumerate(lines) if "scopebench claims" in line)
     table = lines[header + 1:next(i for i, line in enumerate(lines) if line.startswith("FAIL test_"))]
-    assert table[0].split() == ["verdict", "claim", "backbone", "SAE", "measured", "(paper)"]
+    assert table[0].split() == ["verdict", "claim", "backbone", "SAE", "margin", "measured", "(paper)"]
     assert max(len(line) for line in table) <= 120
 
     def row(claim: str, backbone: str) -> str:
@@ -88,8 +88,10 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
 
     passing = row("table6.outliers-reconstructed-better", "dinov2-b")
     assert passing.startswith("PASS") and "fvu_o=0.002 (0.001) fvu_a=0.05 (0.039)" in passing  # paper: Table 6
+    assert " +0.048 " in passing  # margin: fvu_a - fvu_o
     failing = row("table7.outlier-attention-unstable", "dinov2-b")
-    assert failing.startswith("FAIL") and "attn_emd_out[s=1]=0.4 (6.96) attn_emd_non[s=1]=0.6" in failing
+    # the margin (0.4 - 0.6), then the values as far as 120 columns allow (the result file has them all)
+    assert failing.startswith("FAIL") and " -0.2    attn_emd_out[s=1]=0.4 (6.96) attn_emd_non[s=1]" in failing
     assert row("test_crashes_before_recording", "-").startswith("FAIL")
     siblings = [line for line in table if " siglip2-b " in line]
     assert [line.split()[1] for line in siblings] == ["table6.outliers-reconstructed-better",
@@ -105,11 +107,13 @@ def test_session_prints_rows_and_writes_results(pytester: pytest.Pytester) -> No
     assert (recon["output"]["fvu_a"], recon["output"]["fvu_o"], recon["output"]["l0_o"]) == (0.05, 0.002, None)
     assert recon["config"] == {"images": 4} and recon["dataset"]["n_tokens"] == 64 and recon["output"]["tau"] == 100.0
     assert data["claims"]["table6.outliers-reconstructed-better"]["passed"] is True
+    assert data["claims"]["table6.outliers-reconstructed-better"]["margin"] == pytest.approx(0.05 - 0.002)
     assert data["sae"] == {"name": "topk", "config": {"k": 8}, "checkpoint_sha256": "feed", "training": None}
     backbone = json.loads((path.parent / "dinov2-b.json").read_text())  # attention EMD needs no SAE
     assert backbone["sae"] is None and set(backbone["analyses"]) == {"attention_emd"}
     assert backbone["analyses"]["attention_emd"]["output"]["per_shift"]["1"]["outlier"] == 0.4
     assert backbone["claims"]["table7.outlier-attention-unstable"]["passed"] is False
+    assert backbone["claims"]["table7.outlier-attention-unstable"]["margin"] == pytest.approx(0.4 - 0.6)
     assert backbone["claims"]["table7.outlier-attention-unstable"]["paper"] == {"attn_emd_non[s=1]": 0.61,
                                                                                  "attn_emd_out[s=1]": 6.96}
     assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [

@@ -1,27 +1,37 @@
 """The paper's claims as data, bound to the analysis outputs they check, and one evaluator for all.
 
-Each :class:`Claim` names the analysis whose output it checks and a relation between two of
-that output's quantities (``a`` and ``b``). :func:`check_all` evaluates every claim that
-applies to one output (its analysis, its backbone, the quantities it holds), so bench
-modules never restate a relation. The paper's numbers are in :mod:`scopebench.paper`; every
-claim carries the subset it compares, so a report can print "measured vs paper".
+Each :class:`Claim` names the analysis whose output it checks and a :class:`Relation` on that
+output's quantities. :func:`check_all` evaluates every claim that applies to one output (its
+analysis, its backbone, the quantities it holds), so bench modules never restate a relation. A
+:class:`FamilyClaim` compares one quantity across the sizes of a model family (Figure 8) with the
+same evaluator, on a mapping built by :func:`size_series`. The paper's numbers are in
+:mod:`scopebench.paper`; every claim carries the subset it compares, so a report can print
+"measured vs paper". Factors and bounds taken from the paper's numbers are computed here from
+``PAPER_TABLES`` (``PAPER_BOUNDS``), never typed in.
 
 Quantities indexed by the SCC shift ``s`` are written ``name[s=N]`` (:func:`scopebench.keys.indexed`);
 a relation with ``for_every="s"`` must hold at every ``s`` measured.
 
-Tolerances are absolute, in the unit of the compared quantity, and always give slack
-in the direction of passing: ``a <= b`` passes when ``a <= b + tolerance``, ``a > b``
-when ``a > b - tolerance`` (so a zero tolerance keeps a strict relation strict).
+Tolerances are absolute, in the unit of ``a``, and always give slack in the direction of passing:
+``a <= b`` passes when ``a <= b + tolerance``, ``a > b`` when ``a > b - tolerance`` (so a zero
+tolerance keeps a strict relation strict). For a monotone relation the tolerance is per step: each
+step between consecutive index values may go against the direction by at most that much.
+
+Every verdict carries a *margin*: how far the relation is from failing, in the unit of ``a``, tolerance
+included (``b + tolerance - a`` for ``<``/``<=``, ``a - (b - tolerance)`` for ``>``/``>=``, ``b``
+meaning ``factor * b``); the worst case over the index for ``for_every`` and monotone relations. A
+non-strict relation holds when the margin is >= 0, a strict one when it is > 0; NaN fails.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from scopebench.analyses import ANALYSES, AnalysisOutput, quantity_catalogue
+from scopebench.analyses.cds.output import CDSOutput
 from scopebench.keys import base_name, index_of, indexed
 from scopebench.paper import PAPER_TABLES
 
@@ -31,21 +41,61 @@ PLANTED = "planted"
 QUANTITIES: dict[str, str] = {name: f"{info.description} [{info.unit}]" for name, info in quantity_catalogue().items()}
 
 RelationOp = Literal["<=", ">=", "<", ">"]
+Index = Literal["s", "size"]  # the SCC shift; a backbone's rank among its family's sizes (FamilyClaim only)
+
+_MONOTONE_WORDS = {">=": "non-decreasing", "<=": "non-increasing", ">": "increasing", "<": "decreasing"}
 
 
 class Relation(BaseModel):
-    """``a op b`` (with the claim's tolerance), optionally at every value of an index."""
+    """What a claim states, in one of three forms (each with the claim's tolerance):
+
+    - ``a op factor * b``, ``b`` a quantity: at one key, or with ``for_every`` at every index value measured;
+    - ``a op b``, ``b`` a number: a constant bound (``factor`` stays 1);
+    - ``along`` an index, ``b`` None: ``a`` monotone over the index values measured, each step
+      ``a[next] op a[previous]`` (``>=`` non-decreasing, ``<=`` non-increasing, ``>`` / ``<`` strictly).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     a: str
     op: RelationOp
-    b: str
+    b: str | float | None = None
+    factor: float = 1.0
     for_every: Literal["s"] | None = None
+    along: Index | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Relation:
+        if not (math.isfinite(self.factor) and self.factor > 0):
+            raise ValueError(f"relation on {self.a}: factor must be a positive number, got {self.factor}")
+        if self.along is not None:
+            if self.b is not None or self.for_every is not None or self.factor != 1.0:
+                raise ValueError(f"relation on {self.a}: a monotone relation (along={self.along!r}) compares a with "
+                                 "itself; leave b, factor and for_every unset")
+        elif self.b is None:
+            raise ValueError(f"relation on {self.a}: give b (a quantity or a number), or along= for a monotone one")
+        elif self.is_constant and (self.factor != 1.0 or self.for_every is not None):
+            raise ValueError(f"relation on {self.a}: a constant bound b={self.b} takes no factor and no for_every; "
+                             "write the bound itself")
+        return self
+
+    @property
+    def is_constant(self) -> bool:
+        return isinstance(self.b, float)
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The quantity keys (or base names, for indexed forms) the relation reads."""
+        return (self.a, self.b) if isinstance(self.b, str) else (self.a,)
 
     def text(self) -> str:
+        if self.along is not None:
+            return f"{self.a} {_MONOTONE_WORDS[self.op]} in {self.along}"
+        if self.is_constant:
+            return f"{self.a} {self.op} {self.b:g}"
+        scaled = f"{self.factor:g} x {self.b}" if self.factor != 1.0 else str(self.b)
         suffix = f" for every {self.for_every}" if self.for_every else ""
-        return f"{self.a} {self.op} {self.b}{suffix}"
+        return f"{self.a} {self.op} {scaled}{suffix}"
 
 
 class Verdict(BaseModel):
@@ -53,6 +103,8 @@ class Verdict(BaseModel):
 
     passed: bool
     detail: str
+    # how far from failing, in the unit of a (the module doc); NaN when a compared value is NaN
+    margin: float = math.nan
     # verify mode (the SAE under test, or a backbone-level claim): a failure fails the run;
     # leaderboard mode (every other SAE): the verdict is recorded and shown, never asserted
     asserted: bool = True
@@ -82,45 +134,122 @@ class Claim(BaseModel):
         if self.analysis not in ANALYSES:
             raise ValueError(f"claim {self.id}: unknown analysis {self.analysis!r}; known: {', '.join(ANALYSES)}")
         catalogue = quantity_catalogue()
-        for name in (self.relation.a, self.relation.b):
+        for name in self.relation.quantities:
             info = catalogue.get(base_name(name))
             if info is None or info.analysis != self.analysis:
                 raise ValueError(f"claim {self.id}: {name!r} is not a quantity of the {self.analysis} output")
         if self.tolerance < 0:
             raise ValueError(f"claim {self.id}: tolerance must be >= 0, got {self.tolerance}")
+        if (self.relation.along == "size") != isinstance(self, FamilyClaim):
+            raise ValueError(f"claim {self.id}: a relation along the family's sizes needs a FamilyClaim, and a "
+                             "FamilyClaim's relation runs along='size'")
         return self
 
     @property
-    def quantities(self) -> tuple[str, str]:
-        return (self.relation.a, self.relation.b)
+    def quantities(self) -> tuple[str, ...]:
+        return self.relation.quantities
 
     def applies_to(self, backbone: str) -> bool:
         return backbone in self.backbones
 
 
-def _paper_subset(table: str, relation: Relation) -> dict[str, dict[str, float]]:
-    """The paper's values of the relation's quantities (all shifts for a ``for_every`` relation)."""
-    def compared(key: str) -> bool:
-        if relation.for_every is not None:
-            return base_name(key) in (relation.a, relation.b)
-        return key in (relation.a, relation.b)
-    return {backbone: {k: v for k, v in values.items() if compared(k)}
-            for backbone, values in PAPER_TABLES.get(table, {}).items()}
+class FamilyClaim(Claim):
+    """A claim across the sizes of a model family (Figure 8): ``relation`` runs ``along="size"``.
+
+    It is evaluated once per family, by :func:`evaluate`, on :func:`size_series` of one output per size:
+    ``a[size=i]``, ``i`` the backbone's rank in ``families[family]`` (smallest first).
+    """
+
+    families: dict[str, tuple[str, ...]]
+
+
+def _paper_subset(tables: Sequence[str], analysis: str, relation: Relation) -> dict[str, dict[str, float]]:
+    """The paper's values of the relation's quantities in ``tables`` (all index values of an indexed relation),
+    with the analysis's derived quantities (e.g. high_share) computed from the paper's rows."""
+    derived = ANALYSES[analysis].output.DERIVED
+    indexed_form = relation.for_every is not None or relation.along is not None
+    found: dict[str, dict[str, float]] = {}
+    for table in tables:
+        for backbone, row in PAPER_TABLES.get(table, {}).items():
+            values = {**row, **{k: v for k, f in derived.items() if (v := f(row)) is not None}}
+            picked = {k: v for k, v in values.items()
+                      if (base_name(k) if indexed_form else k) in relation.quantities}
+            found.setdefault(backbone, {}).update(picked)
+    return found
 
 
 def _claim(id: str, source: str, analysis: str, statement: str, backbones: tuple[str, ...], relation: Relation,
-           tolerance: float = 0.0) -> Claim:
-    """A claim on ``backbones`` and on the planted instrument, which is built to show every phenomenon."""
+           tolerance: float = 0.0, paper_tables: tuple[str, ...] = ()) -> Claim:
+    """A claim on ``backbones`` and on the planted instrument, which is built to show every phenomenon.
+
+    Its paper values come from its own table (the id's prefix) and ``paper_tables``.
+    """
     table = id.split(".", 1)[0]
     return Claim(id=id, source=source, table=table, analysis=analysis, statement=statement,
                  backbones=backbones + (PLANTED,), relation=relation, tolerance=tolerance,
-                 paper_values=_paper_subset(table, relation))
+                 paper_values=_paper_subset((table, *paper_tables), analysis, relation))
 
+
+def _family(name: str) -> tuple[str, ...]:
+    """The paper's backbones of family ``name`` (``<family>-<size>``), smallest first as Table 6 lists them.
+
+    (Read from the paper's rows, not the backbone registry, whose package imports torch; a test checks that
+    the registry agrees on families and size order.)
+    """
+    return tuple(n for n in PAPER_TABLES["table6"] if n.split("-", 1)[0] == name) or (name,)
+
+
+# -- factors and bounds derived from the paper's numbers -----------------------------------------------------------
+
+def _ratios(tables: Sequence[str], a: str, b: str) -> list[float]:
+    """``a / b`` on every row (and shift) of ``tables`` that gives both."""
+    found = []
+    for table in tables:
+        for row in PAPER_TABLES[table].values():
+            for key, value in row.items():
+                at = index_of(key)
+                if (at[0] if at else key) != a:
+                    continue
+                other = indexed(b, at[2], at[1]) if at else b
+                if other in row:
+                    found.append(value / row[other])
+    return found
+
+
+def _outward(value: float, direction: Literal["down", "up"], decimals: int = 3) -> float:
+    """``value`` rounded to ``decimals`` in the passing direction, so the paper's own extreme row still holds
+    exactly (a product like ``(x / y) * y`` can miss ``x`` by a rounding), with no more digits than the paper's."""
+    scale = 10 ** decimals
+    return (math.floor if direction == "down" else math.ceil)(value * scale) / scale
+
+
+_HIGH_SHARES = [v for row in PAPER_TABLES["table4"].values() if (v := CDSOutput.DERIVED["high_share"](row)) is not None]
+
+#: Factors and bounds of the claims below, each from the paper's extreme row (rounded outward, ``_outward``).
+PAPER_BOUNDS: dict[str, float] = {
+    # the smallest outlier / non-outlier attention EMD ratio of Tables 7 and 9 (SigLIP2-B, s=1)
+    "emd_out_over_non": _outward(min(_ratios(("table7", "table9"), "attn_emd_out", "attn_emd_non")), "down"),
+    # the range of the high-CDS share of the CLIP dictionaries (Table 4)
+    "high_share_min": _outward(min(_HIGH_SHARES), "down"),
+    "high_share_max": _outward(max(_HIGH_SHARES), "up"),
+    # low-CDS removal on dense probes, Tables 3 and 8: the mildest harm of any row
+    "seg_low_over_original": _outward(max(_ratios(("table3", "table8"), "seg_miou_low_removed", "seg_miou_original")),
+                                      "up"),
+    "depth_low_over_original": _outward(min(_ratios(("table3", "table8"), "depth_rmse_low_removed",
+                                                    "depth_rmse_original")), "down"),
+}
+
+#: Relative change that high-CDS removal may make to a dense probe's score and still count as "close to the
+#: original" (Table 8's wording). The paper's largest harm in Tables 3 and 8 is 0.8% (mIoU 26.66 -> 26.44 on
+#: CLIP-L/14, 26.48 -> 26.26 on DeiT3-B); 5% leaves room for probe seed noise while staying below the mildest
+#: low-CDS harm (+7.2% RMSE on CLIP-B/16), so "close" and "clearly worse" cannot both hold.
+HIGH_REMOVAL_CLOSE = 0.05
 
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
 _CLIP = ("clip-b16", "clip-l14", "clip-l14-336")
 _BASE_OTHERS = ("dinov2-b", "deit3-b", "siglip2-b")
 _OTHERS = tuple(n for n in _ALL_REAL if n not in _CLIP)
+_DENSE_PROBED = _BASE_OTHERS + _CLIP[:2]  # the rows of Tables 8 and 3
 
 CLAIMS: tuple[Claim, ...] = (
     _claim("table6.outliers-reconstructed-better", "Table 6", "reconstruction",
@@ -129,15 +258,41 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("table6.outliers-cosine-higher", "Table 6", "reconstruction",
            "Reconstructions of outlier tokens point in the token's direction at least as well as for all tokens.",
            _ALL_REAL, Relation(a="cs_o", op=">=", b="cs_a")),
+    _claim("table6.outliers-fewer-latents", "Table 6", "reconstruction",
+           "Outlier tokens are reconstructed from fewer active latents than the average token (every row).",
+           _ALL_REAL, Relation(a="l0_o", op="<", b="l0_a")),
     _claim("table4.high-cds-minority", "Table 4", "cds",
            "Features with high contextual dependency are fewer than features with low dependency.",
            _CLIP, Relation(a="n_high", op="<", b="n_low")),
+    _claim("table4.high-cds-share-above-paper-min", "Table 4", "cds",
+           "The high-CDS share of the dictionary is at least the smallest share among the CLIP rows.",
+           _CLIP, Relation(a="high_share", op=">=", b=PAPER_BOUNDS["high_share_min"])),
+    _claim("table4.high-cds-share-below-paper-max", "Table 4", "cds",
+           "The high-CDS share of the dictionary is at most the largest share among the CLIP rows.",
+           _CLIP, Relation(a="high_share", op="<=", b=PAPER_BOUNDS["high_share_max"])),
+    _claim("figure6.cds-low-mode-dominant", "Figure 6", "cds",
+           "Most features sit in a dominant low-CDS mode: its histogram peak is taller than the high-CDS peak "
+           "(DINOv2, SigLIP2, DeiT3; the supplement says CLIP shows the same).",
+           _BASE_OTHERS + _CLIP, Relation(a="cds_peak_low", op=">", b="cds_peak_high")),
+    _claim("figure6.cds-high-mode-separate", "Figure 6", "cds",
+           "The high-CDS mass forms a separate mode: the histogram dips to at most half the lower peak between "
+           "the two peaks.",
+           _BASE_OTHERS + _CLIP, Relation(a="cds_valley_depth", op=">=", b=0.5)),
     _claim("table7.outlier-attention-unstable", "Table 7", "attention_emd",
            "Under a one-patch context shift, outlier queries move their attention much more than other queries.",
            _BASE_OTHERS, Relation(a=indexed("attn_emd_out", 1), op=">", b=indexed("attn_emd_non", 1))),
+    _claim("table7.outlier-emd-far-above", "Tables 7, 9", "attention_emd",
+           "At every shift, outlier queries' attention EMD is at least the paper's smallest outlier/other ratio "
+           "times that of other queries.",
+           _BASE_OTHERS + ("clip-l14-336",),
+           Relation(a="attn_emd_out", op=">=", b="attn_emd_non", factor=PAPER_BOUNDS["emd_out_over_non"],
+                    for_every="s"), paper_tables=("table9",)),
     _claim("table9.outlier-attention-unstable-every-shift", "Table 9", "attention_emd",
            "Outlier queries move their attention more than other queries at every SCC shift.",
            ("clip-l14-336",), Relation(a="attn_emd_out", op=">", b="attn_emd_non", for_every="s")),
+    _claim("table9.non-outlier-emd-rises-with-shift", "Table 9 (E.2)", "attention_emd",
+           "Other queries' attention EMD grows with the shift: a larger shift moves positions and context more.",
+           ("clip-l14-336",), Relation(a="attn_emd_non", op=">=", along="s")),
     _claim("figure7.awcds-peaks-at-high-norm", "Figure 7", "awcds",
            "Tokens in the top norm bin are built from more context-dependent features than median-norm tokens.",
            _BASE_OTHERS, Relation(a="awcds_top_bin", op=">", b="awcds_median_bin")),
@@ -159,12 +314,33 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("table8.depth-low-removal-hurts-more", "Table 8", "removal_probes",
            "Beyond CLIP, removing low-CDS features raises depth RMSE more than removing high-CDS ones.",
            _BASE_OTHERS, Relation(a="depth_rmse_low_removed", op=">", b="depth_rmse_high_removed")),
+    _claim("table8.seg-high-removal-close", "Tables 8, 3", "removal_probes",
+           "Removing high-CDS features leaves segmentation mIoU close to the original (within 5% of it).",
+           _DENSE_PROBED, Relation(a="seg_miou_high_removed", op=">=", b="seg_miou_original",
+                                   factor=1.0 - HIGH_REMOVAL_CLOSE), paper_tables=("table3",)),
+    _claim("table8.depth-high-removal-close", "Tables 8, 3", "removal_probes",
+           "Removing high-CDS features leaves depth RMSE close to the original (within 5% of it).",
+           _DENSE_PROBED, Relation(a="depth_rmse_high_removed", op="<=", b="depth_rmse_original",
+                                   factor=1.0 + HIGH_REMOVAL_CLOSE), paper_tables=("table3",)),
+    _claim("table8.seg-low-removal-clearly-below", "Tables 8, 3", "removal_probes",
+           "Removing low-CDS features cuts segmentation mIoU at least as much as in the paper's mildest row.",
+           _DENSE_PROBED, Relation(a="seg_miou_low_removed", op="<=", b="seg_miou_original",
+                                   factor=PAPER_BOUNDS["seg_low_over_original"]), paper_tables=("table3",)),
+    _claim("table8.depth-low-removal-clearly-above", "Tables 8, 3", "removal_probes",
+           "Removing low-CDS features raises depth RMSE at least as much as in the paper's mildest row.",
+           _DENSE_PROBED, Relation(a="depth_rmse_low_removed", op=">=", b="depth_rmse_original",
+                                   factor=PAPER_BOUNDS["depth_low_over_original"]), paper_tables=("table3",)),
     _claim("figure8.cls-high-removal-harmless", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing high-CDS features keeps accuracy within a point or improves it.",
            _OTHERS, Relation(a="cls_top1_high_removed", op=">=", b="cls_top1_original"), tolerance=1.0),
     _claim("figure8.cls-low-removal-hurts", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing low-CDS features lowers classification accuracy.",
            _OTHERS, Relation(a="cls_top1_low_removed", op="<", b="cls_top1_original")),
+    FamilyClaim(id="figure8.cls-low-removal-gap-narrows", source="Figure 8", table="figure8",
+                analysis="removal_probes",
+                statement="The accuracy lost by removing low-CDS features shrinks as the model grows, in each family.",
+                families={f: _family(f) for f in ("dinov2", "deit3", "siglip2", PLANTED)},
+                backbones=_OTHERS + (PLANTED,), relation=Relation(a="cls_top1_low_removal_gap", op="<=", along="size")),
 )
 
 CLAIMS_BY_ID: dict[str, Claim] = {claim.id: claim for claim in CLAIMS}
@@ -177,27 +353,35 @@ def get_claim(claim_id: str) -> Claim:
         raise KeyError(f"unknown claim {claim_id!r}; known: {', '.join(CLAIMS_BY_ID)}") from None
 
 
-def _holds(a: float, op: RelationOp, b: float, tolerance: float) -> bool:
-    if op == "<=":
-        return a <= b + tolerance
-    if op == ">=":
-        return a >= b - tolerance
-    if op == "<":
-        return a < b + tolerance
-    return a > b - tolerance
+def _margin(a: float, op: RelationOp, b: float, tolerance: float) -> float:
+    """How far ``a op b`` (with slack ``tolerance``) is from failing, in the unit of ``a``; NaN stays NaN."""
+    return (b + tolerance) - a if op in ("<", "<=") else a - (b - tolerance)
 
 
-def _pairs(relation: Relation, measured: Mapping[str, float]) -> list[tuple[str, str]]:
-    """The (a-key, b-key) pairs to compare; raises when the measurement cannot support the claim."""
+def _holds(margin: float, op: RelationOp) -> bool:
+    return margin > 0 if op in ("<", ">") else margin >= 0  # False for NaN
+
+
+def _index_values(key_base: str, index: str, measured: Mapping[str, float]) -> list[int]:
+    return sorted(found[2] for key in measured if (found := index_of(key)) and found[:2] == (key_base, index))
+
+
+def _pairs(relation: Relation, measured: Mapping[str, float]) -> list[tuple[str, str | float]]:
+    """The (left key, right key or constant) comparisons; raises when the measurement cannot support the claim."""
+    if relation.along is not None:
+        steps = _index_values(relation.a, relation.along, measured)
+        if len(steps) < 2:
+            raise ValueError(f"a monotone relation needs {relation.a}[{relation.along}=N] at two or more values of "
+                             f"{relation.along}, got {len(steps)}; pass keys built with scopebench.keys.indexed")
+        return [(indexed(relation.a, v, relation.along), indexed(relation.a, u, relation.along))
+                for u, v in zip(steps, steps[1:])]
     if relation.for_every is None:
-        missing = [k for k in (relation.a, relation.b) if k not in measured]
+        keys = relation.quantities
+        missing = [k for k in keys if k not in measured]
         if missing:
-            raise ValueError(f"measured values lack {missing}; pass a mapping with keys {relation.a!r} and {relation.b!r}")
+            raise ValueError(f"measured values lack {missing}; pass a mapping with keys {', '.join(map(repr, keys))}")
         return [(relation.a, relation.b)]
-    index_values = sorted(
-        found[2] for key in measured
-        if (found := index_of(key)) and found[0] == relation.a and found[1] == relation.for_every
-    )
+    index_values = _index_values(relation.a, relation.for_every, measured)
     if not index_values:
         raise ValueError(f"measured values lack any {relation.a}[{relation.for_every}=N]; "
                          f"pass keys built with scopebench.keys.indexed({relation.a!r}, s)")
@@ -208,33 +392,53 @@ def _pairs(relation: Relation, measured: Mapping[str, float]) -> list[tuple[str,
     return pairs
 
 
+def compared_keys(claim: Claim, measured: Mapping[str, float]) -> list[str]:
+    """The keys of ``measured`` that ``claim`` compares, in comparison order."""
+    keys: list[str] = []
+    for pair in _pairs(claim.relation, measured):
+        keys += [k for k in pair if isinstance(k, str) and k not in keys]
+    return keys
+
+
 def evaluate(claim: Claim, measured: Mapping[str, float]) -> Verdict:
     """Check ``claim`` on ``measured`` (quantity key -> value). NaN counts as a failure, not an error."""
-    tol = claim.tolerance
+    relation, tol = claim.relation, claim.tolerance
     failures: list[str] = []
     parts: list[str] = []
-    for a_key, b_key in _pairs(claim.relation, measured):
-        a, b = float(measured[a_key]), float(measured[b_key])
-        ok = not (math.isnan(a) or math.isnan(b)) and _holds(a, claim.relation.op, b, tol)
-        part = f"{a_key}={a:.4g} {claim.relation.op} {b_key}={b:.4g}"
+    margins: list[float] = []
+    for left, right in _pairs(relation, measured):
+        a = float(measured[left])
+        if isinstance(right, str):
+            b = float(measured[right])
+            right_text = (f"{relation.factor:g} x " if relation.factor != 1.0 else "") + f"{right}={b:.4g}"
+        else:
+            b, right_text = float(right), f"{right:g}"
+        margin = _margin(a, relation.op, relation.factor * b, tol)
+        margins.append(margin)
+        part = f"{left}={a:.4g} {relation.op} {right_text}"
         parts.append(part)
-        if not ok:
+        if not _holds(margin, relation.op):
             failures.append(part)
-    tol_text = f" (tolerance {tol:g})" if tol else ""
+    worst = math.nan if any(math.isnan(m) for m in margins) else min(margins)
+    tol_text = f" (tolerance {tol:g}{' per step' if relation.along else ''})" if tol else ""
     if failures:
-        return Verdict(passed=False, detail=f"{claim.relation.text()}{tol_text} fails: " + "; ".join(failures))
-    return Verdict(passed=True, detail=f"{claim.relation.text()}{tol_text} holds: " + "; ".join(parts))
+        return Verdict(passed=False, margin=worst, detail=f"{relation.text()}{tol_text} fails: " + "; ".join(failures))
+    return Verdict(passed=True, margin=worst, detail=f"{relation.text()}{tol_text} holds: " + "; ".join(parts))
 
 
 def _measurable(relation: Relation, measured: Mapping[str, float]) -> bool:
+    if relation.along is not None:
+        return len(_index_values(relation.a, relation.along, measured)) >= 2
     if relation.for_every is None:
-        return relation.a in measured and relation.b in measured
-    return any((found := index_of(key)) and found[0] == relation.a for key in measured)
+        return all(k in measured for k in relation.quantities)
+    return bool(_index_values(relation.a, relation.for_every, measured))
 
 
 def claims_for(analysis: str, backbone: str, measured: Mapping[str, float]) -> list[Claim]:
-    """The claims that check ``analysis``'s output on ``backbone`` and whose quantities ``measured`` holds."""
-    return [c for c in CLAIMS if c.analysis == analysis and c.applies_to(backbone) and _measurable(c.relation, measured)]
+    """The claims on one output of ``analysis`` on ``backbone`` whose quantities ``measured`` holds
+    (family claims, which need an output per size, are evaluated through :func:`size_series`)."""
+    return [c for c in CLAIMS if c.analysis == analysis and c.applies_to(backbone) and not isinstance(c, FamilyClaim)
+            and _measurable(c.relation, measured)]
 
 
 def check_all(analysis: str, output: AnalysisOutput, backbone: str, *, asserted: bool = True
@@ -245,10 +449,29 @@ def check_all(analysis: str, output: AnalysisOutput, backbone: str, *, asserted:
             for claim in claims_for(analysis, backbone, measured)]
 
 
-def backbones_of(table: str) -> tuple[str, ...]:
-    """Every backbone a claim of paper table/figure ``table`` covers (for a bench module's parametrisation)."""
-    names = {b for c in CLAIMS if c.table == table for b in c.backbones}
+def family_claims(analysis: str, family: str) -> list[FamilyClaim]:
+    """The family claims on ``analysis`` that cover ``family``."""
+    return [c for c in CLAIMS if isinstance(c, FamilyClaim) and c.analysis == analysis and family in c.families]
+
+
+def size_series(claim: FamilyClaim, family: str, measured: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``a[size=i]`` of each backbone of ``family`` in ``measured`` (backbone -> its output's quantities), ``i``
+    its rank in the family's sizes, for :func:`evaluate`. A backbone without ``a`` is left out."""
+    if family not in claim.families:
+        raise KeyError(f"claim {claim.id} covers the families {', '.join(claim.families)}, not {family!r}")
+    order = claim.families[family]
+    strangers = sorted(set(measured) - set(order))
+    if strangers:
+        raise ValueError(f"{strangers} are not sizes of {family} ({', '.join(order)})")
+    a = claim.relation.a
+    return {indexed(a, rank, "size"): float(measured[name][a]) for rank, name in enumerate(order)
+            if name in measured and a in measured[name]}
+
+
+def backbones_of(*tables: str) -> tuple[str, ...]:
+    """Every backbone a claim of the paper tables/figures ``tables`` covers (for a bench module's parametrisation)."""
+    names = {b for c in CLAIMS if c.table in tables for b in c.backbones}
     if not names:
         known = sorted({c.table for c in CLAIMS})
-        raise KeyError(f"no claim comes from {table!r}; claims come from {', '.join(known)}")
+        raise KeyError(f"no claim comes from {', '.join(map(repr, tables))}; claims come from {', '.join(known)}")
     return tuple(sorted(names))

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from scopebench.claims.registry import CLAIMS, Claim, evaluate, indexed
+from scopebench.claims.registry import CLAIMS, PLANTED, Claim, evaluate
+from scopebench.keys import index_of, indexed
 
 _WRAP = 48  # characters per line of the backbones cell
 
@@ -28,36 +28,53 @@ def _wrap_names(names: Sequence[str]) -> str:
 
 
 def relation_text(claim: Claim) -> str:
-    tolerance = f" (tol {claim.tolerance:g})" if claim.tolerance else ""
+    tolerance = f" (tol {claim.tolerance:g}{' per step' if claim.relation.along else ''})" if claim.tolerance else ""
     return claim.relation.text() + tolerance
 
 
-def _shifts(claim: Claim, values: dict[str, float]) -> list[int]:
-    pattern = re.compile(rf"^{re.escape(claim.relation.a)}\[{claim.relation.for_every}=(-?\d+)\]$")
-    return sorted(int(m[1]) for key in values if (m := pattern.match(key)))
+def _indices(base: str, index: str, values: dict[str, float]) -> list[int]:
+    return sorted(found[2] for key in values if (found := index_of(key)) and found[:2] == (base, index))
 
 
 def _cell(values: dict[str, float], key: str) -> str:
     return f"{values[key]:g}" if key in values else "–"
 
 
-def _holds(claim: Claim, values: dict[str, float], a_key: str, b_key: str) -> str:
-    """Whether the claim's relation holds on the paper's own two numbers ("–" when one is absent)."""
-    if a_key not in values or b_key not in values:
+def _holds(claim: Claim, values: dict[str, float], *keys: str) -> str:
+    """Whether the claim's relation holds on the paper's own numbers for ``keys`` ("–" when one is absent)."""
+    if any(key not in values for key in keys):
         return "–"
-    return "yes" if evaluate(claim, {a_key: values[a_key], b_key: values[b_key]}).passed else "NO"
+    return "yes" if evaluate(claim, {key: values[key] for key in keys}).passed else "NO"
 
 
 def paper_rows(claim: Claim) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the paper's numbers for ``claim``: one row per backbone (and SCC shift)."""
-    a, b, every = claim.relation.a, claim.relation.b, claim.relation.for_every
+    """Headers and rows of the paper's numbers for ``claim``: one row per backbone (and index value).
+
+    A monotone relation's row at index ``v`` says whether the step from the previous index value holds.
+    """
+    relation = claim.relation
+    a, b = relation.a, relation.b
     rows: list[list[str]] = []
-    if every is None:
+    if relation.along is not None:
+        index = relation.along
+        for backbone, values in claim.paper_values.items():
+            steps = _indices(a, index, values)
+            for previous, v in zip([None, *steps], steps):
+                key = indexed(a, v, index)
+                holds = "–" if previous is None else _holds(claim, values, indexed(a, previous, index), key)
+                rows.append([backbone, str(v), _cell(values, key), holds])
+        return ["backbone", index, a, "holds"], rows
+    if relation.is_constant:
+        for backbone, values in claim.paper_values.items():
+            rows.append([backbone, _cell(values, a), _holds(claim, values, a)])
+        return ["backbone", a, "holds"], rows
+    if relation.for_every is None:
         for backbone, values in claim.paper_values.items():
             rows.append([backbone, _cell(values, a), _cell(values, b), _holds(claim, values, a, b)])
         return ["backbone", a, b, "holds"], rows
+    every = relation.for_every
     for backbone, values in claim.paper_values.items():
-        for s in _shifts(claim, values):
+        for s in _indices(a, every, values):
             a_key, b_key = indexed(a, s), indexed(b, s)
             rows.append([backbone, str(s), _cell(values, a_key), _cell(values, b_key),
                          _holds(claim, values, a_key, b_key)])
@@ -81,9 +98,23 @@ def render_claims(claims: Sequence[Claim]) -> str:
     return "\n".join(parts)
 
 
+def render_coverage(claims: Sequence[Claim]) -> str:
+    """Where the paper makes each statement -> the claims that check it -> their backbones, then a count line."""
+    if not claims:
+        return "(no claims)"
+    sources = list(dict.fromkeys(c.source for c in claims))
+    rows = [[source, c.id, _wrap_names(c.backbones)] for source in sources for c in claims if c.source == source]
+    backbones = {b for c in claims for b in c.backbones}
+    checks = sum(len(c.backbones) for c in claims)
+    real = len(backbones - {PLANTED})
+    count = (f"{len(claims)} claims from {len(sources)} places in the paper, {checks} (claim, backbone) checks on "
+             f"{real} of the paper's backbones" + (" and planted" if PLANTED in backbones else ""))
+    return "\n".join([tabulate(rows, headers=["source", "claim", "backbones"], disable_numparse=True), "", count])
+
+
 def _run(args: argparse.Namespace) -> int:
     claims = [c for c in CLAIMS if args.table is None or c.table == args.table]
-    print(render_claims(claims))
+    print(render_coverage(claims) if args.coverage else render_claims(claims))
     return 0
 
 
@@ -95,4 +126,7 @@ def register_claims(subparsers: argparse._SubParsersAction) -> None:
         description="List every claim of the paper the bench checks: id, where the paper makes it, the relation "
                     "tested, the backbones it applies to, and the paper's numbers for it.")
     parser.add_argument("--table", choices=tables, default=None, help="only claims recorded under this table")
+    parser.add_argument("--coverage", action="store_true",
+                        help="print the coverage instead: where the paper makes each statement, the claims that "
+                             "check it and their backbones, with counts")
     parser.set_defaults(handler=_run)

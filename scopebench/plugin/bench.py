@@ -108,7 +108,7 @@ def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("backbones")
     if marker is not None and "backbone" in metafunc.fixturenames:
-        names = sorted(backbones_of(marker.args[0]), key=lambda n: (n != "planted", list(REGISTRY).index(n)))
+        names = sorted(backbones_of(*marker.args), key=lambda n: (n != "planted", list(REGISTRY).index(n)))
         if "sae_name" in metafunc.fixturenames:
             cases = [(b, s) for b in names for s in sae_variants(metafunc.config, b)]
             metafunc.parametrize(("backbone", "sae_name"), cases, ids=[f"{b}-{s}" for b, s in cases])

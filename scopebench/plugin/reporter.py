@@ -10,8 +10,9 @@ analyses that need no SAE; ``--results-dir``, default ``leaderboard/results`` in
 from __future__ import annotations
 
 import json
+import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,8 @@ from typing import Any
 import pytest
 
 from scopebench import distributed
-from scopebench.claims.registry import Claim, Verdict, check_all
-from scopebench.keys import base_name
+from scopebench.claims.registry import Claim, FamilyClaim, Verdict, check_all, compared_keys, evaluate, size_series
 from scopebench.results.leaderboard import build_frame, load_results, render_text
-from scopebench.paper import paper_values
 from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
 from scopebench.results.records import (
@@ -46,6 +45,7 @@ class CaseRow:
     paper: dict[str, float]
     verdict: str  # PASS / FAIL (asserted: the SAE under test), held / missed (scored, leaderboard mode), SKIP
     detail: str = ""
+    margin: float | None = None  # the verdict's margin (scopebench.claims.registry); None: no verdict, or NaN
 
 
 @dataclass
@@ -92,39 +92,63 @@ class ClaimReport:
 
         Returns the verdicts; the case then calls :meth:`assert_held` on them.
         """
-        backbone, sae = result.backbone.name, result.sae.name if result.sae else None
-        result_path(Path("."), backbone, sae)  # the name rule, before anything is recorded
-        key = (backbone, sae)
-        pending = self._session.pending.setdefault(key, PendingResult(result.backbone, result.sae))
-        pending.add(result)
+        pending = self._pending(result)
         measured = result.output.quantities()
-        # verify mode for the SAE under test and for backbone-level claims; leaderboard mode for every other SAE
-        asserted = sae is None or sae == self._paper_sae
-        paper = paper_values(backbone, measured)
+        asserted = self._asserted(result)
         verdicts = []
-        for claim, verdict in check_all(result.analysis, result.output, backbone, asserted=asserted):
-            values = {k: measured[k] for k in _compared(claim, measured)}
-            compared_paper = {k: paper[k] for k in values if k in paper}
-            pending.claims[claim.id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
-                                                    measured=values, paper=compared_paper, asserted=asserted)
-            label = ("PASS" if verdict.passed else "FAIL") if asserted else ("held" if verdict.passed else "missed")
-            self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
-                                              label, verdict.detail))
+        for claim, verdict in check_all(result.analysis, result.output, result.backbone.name, asserted=asserted):
+            self._store(pending, claim, verdict, {k: measured[k] for k in compared_keys(claim, measured)})
             verdicts.append(verdict)
         return verdicts
+
+    def record_family(self, claim: FamilyClaim, family: str, results: Sequence[AnalysisResult]) -> Verdict:
+        """Evaluate ``claim`` across the sizes of ``family``, one result per size (same analysis and SAE).
+
+        The verdict is stored once: in the record of the largest size measured (that backbone and SAE), its
+        ``measured`` keyed ``quantity[size=i]``, ``i`` the rank in ``claim.families[family]``.
+        """
+        if not results:
+            raise ValueError(f"{claim.id}: no result of {family} to compare")
+        order = claim.families[family]
+        by_name = {r.backbone.name: r for r in results}
+        series = size_series(claim, family, {name: r.output.quantities() for name, r in by_name.items()})
+        largest = by_name[max(by_name, key=order.index)]
+        verdict = evaluate(claim, series).model_copy(update={"asserted": self._asserted(largest)})
+        sizes = ", ".join(f"{i}={name}" for i, name in enumerate(order) if name in by_name)
+        verdict = verdict.model_copy(update={"detail": f"{verdict.detail} (sizes: {sizes})"})
+        self._store(self._pending(largest), claim, verdict, series)
+        return verdict
+
+    def _pending(self, result: AnalysisResult) -> PendingResult:
+        """The session's record of the result's (backbone, SAE), with the result folded in."""
+        backbone, sae = result.backbone.name, result.sae.name if result.sae else None
+        result_path(Path("."), backbone, sae)  # the name rule, before anything is recorded
+        pending = self._session.pending.setdefault((backbone, sae), PendingResult(result.backbone, result.sae))
+        pending.add(result)
+        return pending
+
+    def _asserted(self, result: AnalysisResult) -> bool:
+        """Verify mode for the SAE under test and for backbone-level claims; leaderboard mode for every other SAE."""
+        return result.sae is None or result.sae.name == self._paper_sae
+
+    def _store(self, pending: PendingResult, claim: Claim, verdict: Verdict, values: dict[str, float]) -> None:
+        backbone, sae = pending.backbone.name, pending.sae.name if pending.sae else None
+        paper = claim.paper_values.get(backbone, {})
+        compared_paper = {k: paper[k] for k in values if k in paper}
+        margin = None if math.isnan(verdict.margin) else verdict.margin
+        pending.claims[claim.id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
+                                                measured=values, paper=compared_paper, asserted=verdict.asserted,
+                                                margin=margin)
+        label = (("PASS" if verdict.passed else "FAIL") if verdict.asserted
+                 else ("held" if verdict.passed else "missed"))
+        self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
+                                          label, verdict.detail, margin))
 
     @staticmethod
     def assert_held(*verdicts: Verdict) -> None:
         """Fail the case on any asserted claim that did not hold (scored ones are only recorded)."""
         failed = [v.detail for v in verdicts if v.fails_run]
         assert not failed, "; ".join(failed)
-
-
-def _compared(claim: Claim, measured: Mapping[str, float]) -> list[str]:
-    """The measured keys a claim compares (every shift of a ``for_every`` relation)."""
-    if claim.relation.for_every is None:
-        return [claim.relation.a, claim.relation.b]
-    return [k for k in measured if base_name(k) in claim.quantities]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -186,13 +210,18 @@ def _fit(text: str, width: int) -> str:
 
 
 #: the claims table's fixed columns and the widest each may get (then measured (paper) in what is left)
-_COLUMNS = (("verdict", 6), ("claim", 45), ("backbone", 12), ("SAE", 16))
+_COLUMNS = (("verdict", 6), ("claim", 45), ("backbone", 12), ("SAE", 16), ("margin", 9))
+
+
+def _margin_cell(margin: float | None) -> str:
+    return "" if margin is None else f"{margin:+.3g}"
 
 
 def render_rows(rows: list[CaseRow], width: int = 120) -> str:
     """One line per (claim, backbone, SAE), verdict first, at most ``width`` characters (full detail is in the
-    result files): the compared values, each with the paper's in brackets where it gives one."""
-    cells = [[row.verdict, row.claim, row.backbone, row.sae] for row in rows]
+    result files): the verdict's margin (how far from failing, in the unit of the claim's first quantity), then
+    the compared values, each with the paper's in brackets where it gives one."""
+    cells = [[row.verdict, row.claim, row.backbone, row.sae, _margin_cell(row.margin)] for row in rows]
     widths = [min(cap, max([len(name)] + [len(c[i]) for c in cells])) for i, (name, cap) in enumerate(_COLUMNS)]
     rest = width - sum(w + 2 for w in widths)
     lines = ["  ".join(name.ljust(w) for (name, _), w in zip(_COLUMNS, widths)) + "  measured (paper)",

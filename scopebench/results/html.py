@@ -128,7 +128,8 @@ def _verdict(record: ResultRecord, claim: str) -> tuple[str, str]:
     verdict = record.claims.get(claim)
     if verdict is None:
         return "", "not checked for this SAE"
-    return ("held" if verdict.passed else "not held"), verdict.detail
+    margin = "" if verdict.margin is None else f" (margin {verdict.margin:+.3g})"
+    return ("held" if verdict.passed else "not held"), verdict.detail + margin
 
 
 def _backbone_quantities() -> list[str]:

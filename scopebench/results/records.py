@@ -82,11 +82,19 @@ class ClaimVerdict(BaseModel):
     measured: dict[str, Measurement]
     paper: dict[str, float] = Field(default_factory=dict)
     asserted: bool = True  # False: scored in leaderboard mode (an SAE other than the one under test), not asserted
+    # how far from failing, in the unit of the claim's first quantity (scopebench.claims.registry); None: NaN, or
+    # a file written before margins were recorded
+    margin: Measurement = None
 
     @field_validator("measured", mode="before")
     @classmethod
     def _nan_to_none(cls, value: Any) -> Any:
         return _clean_values(value)
+
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _nan_margin(cls, value: Any) -> Any:
+        return _clean_values({"margin": value})["margin"]
 
 
 class Environment(BaseModel):
