@@ -91,3 +91,52 @@ def test_unknown_table_is_refused_with_the_choices(capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'table99'" in err and "'table6'" in err
+
+
+def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys):
+    code, out, _ = _cli(capsys, "claims", "--coverage")
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 120
+    rows = parse_table(out, "source")
+    assert sorted(row["claim"] for row in rows) == sorted(claim.id for claim in CLAIMS)
+    by_id = {claim.id: claim for claim in CLAIMS}
+    for row in rows:
+        claim = by_id[row["claim"]]
+        assert row["source"] == claim.source
+        assert tuple(row["backbones"].replace(",", " ").split()) == claim.backbones
+    sources = [row["source"] for row in rows]
+    assert sources == sorted(sources, key=sources.index)  # grouped: each source's claims together
+    assert rows[[r["claim"] for r in rows].index("table9.non-outlier-emd-rises-with-shift")]["backbones"] == \
+        "clip-l14-336, planted"
+    checks = sum(len(claim.backbones) for claim in CLAIMS)
+    assert out.rstrip().splitlines()[-1] == (f"{len(CLAIMS)} claims from {len(set(sources))} places in the paper, "
+                                             f"{checks} (claim, backbone) checks on 12 of the paper's backbones "
+                                             "and planted")
+    _, table6, _ = _cli(capsys, "claims", "--coverage", "--table", "table6")
+    assert [row["claim"] for row in parse_table(table6, "source")] == [
+        "table6.outliers-reconstructed-better", "table6.outliers-cosine-higher", "table6.outliers-fewer-latents"]
+
+
+def test_paper_rows_of_the_new_relation_forms(capsys):
+    _, out, _ = _cli(capsys, "claims")
+    monotone = parse_table(_section(out, "table9.non-outlier-emd-rises-with-shift"), "backbone")
+    # Supplement Table 9, non-outlier row: each shift's step from the one before
+    assert [(row["s"], row["attn_emd_non"], row["holds"]) for row in monotone] == [
+        ("1", "1.49", "–"), ("2", "1.745", "yes"), ("3", "1.842", "yes"), ("4", "1.855", "yes"), ("5", "1.915", "yes"),
+        ("6", "1.958", "yes")]
+    share = {row["backbone"]: row for row in parse_table(_section(out, "table4.high-cds-share-below-paper-max"),
+                                                         "backbone")}
+    assert share["clip-l14-336"]["high_share"] == f"{10445 / 32768:g}" and share["clip-l14-336"]["holds"] == "yes"
+    far = parse_table(_section(out, "table7.outlier-emd-far-above"), "backbone")
+    assert len(far) == 3 + 6 and {row["holds"] for row in far} == {"yes"}  # Table 7 at s=1, Table 9 at s=1..6
+    summary = {row["id"]: row for row in parse_table(out, "id")}
+    assert summary["table7.outlier-emd-far-above"]["relation"] == "attn_emd_out >= 1.914 x attn_emd_non for every s"
+    assert summary["table4.high-cds-share-above-paper-min"]["relation"] == "high_share >= 0.148"
+
+
+def test_holds_column_of_a_monotone_relation_fails_on_a_falling_step():
+    claim = Claim(id="t.toy", source="Table 9", table="table9", analysis="attention_emd", statement="toy",
+                  backbones=("a",), relation=Relation(a="attn_emd_non", op=">=", along="s"),
+                  paper_values={"a": {"attn_emd_non[s=1]": 1.0, "attn_emd_non[s=2]": 0.5, "attn_emd_non[s=4]": 2.0}})
+    rows = parse_table(_section(render_claims([claim]), "t.toy"), "backbone")
+    assert [(row["s"], row["holds"]) for row in rows] == [("1", "–"), ("2", "NO"), ("4", "yes")]

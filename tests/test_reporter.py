@@ -303,3 +303,47 @@ def test_regression_mode_passes_on_its_own_baseline_and_fails_on_drift(pytester:
     assert drifted.ret == pytest.ExitCode.TESTS_FAILED  # every case passed; the regression fails the run
     drifted.stdout.fnmatch_lines(["*record*quantity*baseline*now*delta*tolerance*",
                                   "*dinov2-b/topk*reconstruction/fvu_a*0.05*0.051*", "*regression: FAIL (1 drifts)*"])
+
+
+def _probe_result(backbone: str, original: float, low_removed: float, sae: str = "batchtopk"):
+    from scopebench.analyses import RemovalProbesOutput
+    from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, SAEInfo, output_json
+
+    output = RemovalProbesOutput(cls_top1_original=original, cls_top1_high_removed=original,
+                                 cls_top1_low_removed=low_removed)
+    return AnalysisResult(analysis="removal_probes", backbone=BackboneInfo(name=backbone),
+                          sae=SAEInfo(name=sae, checkpoint_sha256="feed"),
+                          record=AnalysisRecord(config={"epochs": 1}, output=output_json(output)), output=output,
+                          device="cpu")
+
+
+def test_family_claim_is_recorded_once_in_the_largest_sizes_record(tmp_path: Path) -> None:
+    from scopebench.claims.registry import get_claim
+    from scopebench.plugin.reporter import ClaimReport, SessionClaims, _records
+    from scopebench.results.records import load_result, result_path, write_result
+
+    claim = get_claim("figure8.cls-low-removal-gap-narrows")
+    session = SessionClaims()
+    report = ClaimReport(session, "bench/test_figure8_scaling_plot.py::test[siglip2]", paper_sae="batchtopk")
+    sizes = [_probe_result("siglip2-b", 80.0, 60.0), _probe_result("siglip2-g", 88.0, 84.0),
+             _probe_result("siglip2-l", 85.0, 75.0)]  # gaps 20, 10, 4 (b, l, g): narrowing
+    verdict = report.record_family(claim, "siglip2", sizes)
+    assert verdict.passed and verdict.asserted and verdict.margin == 6.0
+    assert "sizes: 0=siglip2-b, 1=siglip2-l, 2=siglip2-g" in verdict.detail
+    (row,) = session.rows
+    assert (row.claim, row.backbone, row.sae, row.verdict, row.margin) == (claim.id, "siglip2-g", "batchtopk", "PASS",
+                                                                           6.0)
+    records = {r.backbone.name: r for r in _records(session, tmp_path)}
+    assert set(records) == {"siglip2-g"}  # one place: the largest size's (backbone, SAE) record
+    stored = records["siglip2-g"].claims[claim.id]
+    assert stored.measured == {"cls_top1_low_removal_gap[size=0]": 20.0, "cls_top1_low_removal_gap[size=1]": 10.0,
+                               "cls_top1_low_removal_gap[size=2]": 4.0}
+    path = result_path(tmp_path, "siglip2-g", "batchtopk")
+    write_result(records["siglip2-g"], path)
+    assert load_result(path).claims[claim.id].margin == 6.0
+
+    scored = ClaimReport(SessionClaims(), "n", paper_sae="batchtopk")
+    widening = [_probe_result(n, 80.0, 80.0 - gap, sae="topk") for n, gap in (("deit3-s", 5.0), ("deit3-l", 9.0))]
+    verdict = scored.record_family(claim, "deit3", widening)
+    assert not verdict.passed and not verdict.fails_run and verdict.margin == -4.0  # another SAE: scored
+    assert scored._session.rows[0].verdict == "missed"
