@@ -376,3 +376,17 @@ def test_sorting_filtering_and_no_request_leaves_the_page(page: str, browser: De
     problems = [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"
                 or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
     assert not problems, problems
+
+
+def test_claim_hover_shows_the_margin_when_the_file_has_one() -> None:
+    from types import SimpleNamespace
+
+    from scopebench.results.html import _verdict
+    from scopebench.results.records import ClaimVerdict
+
+    measured = ClaimVerdict(passed=False, detail="fvu_o <= fvu_a fails", source="Table 6", measured={}, margin=-0.25)
+    older = ClaimVerdict(passed=True, detail="fvu_o <= fvu_a holds", source="Table 6", measured={})  # no margin
+    record = SimpleNamespace(claims={"new": measured, "old": older})
+    assert _verdict(record, "new") == ("not held", "fvu_o <= fvu_a fails (margin -0.25)")
+    assert _verdict(record, "old") == ("held", "fvu_o <= fvu_a holds")
+    assert ClaimVerdict(passed=False, detail="", source="s", measured={}, margin=float("nan")).margin is None
