@@ -8,7 +8,7 @@ _INDEXED = re.compile(r"^(?P<base>[a-z0-9_]+)\[(?P<index>[a-z]+)=(?P<value>-?\d+
 
 
 def indexed(name: str, s: int, index: str = "s") -> str:
-    """Key of an indexed quantity, e.g. ``indexed("attn_emd_out", 1) == "attn_emd_out[s=1]"`` (``index`` the index's name)."""
+    """Key of an indexed quantity: ``indexed("attn_emd_out", 1) == "attn_emd_out[s=1]"`` (``index``: its name)."""
     return f"{name}[{index}={s}]"
 
 

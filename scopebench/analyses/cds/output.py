@@ -76,8 +76,8 @@ class CDSOutput(AnalysisOutput):
     n_high: Optional[float] = quantity("number of features with CDS > gamma", "features", default=None)
     high_share: Optional[float] = quantity("share of the partitioned features that are high-CDS, n_high / (n_low + "
                                            "n_high) (NaN without a partition)", "unitless", default=None)
-    cds_peak_low: Optional[float] = quantity("tallest bin of the CDS histogram at or below gamma (bin centre <= gamma): "
-                                             "the low-CDS mode's peak", "features", default=None)
+    cds_peak_low: Optional[float] = quantity("tallest bin of the CDS histogram at or below gamma (bin centre <= "
+                                             "gamma): the low-CDS mode's peak", "features", default=None)
     cds_peak_high: Optional[float] = quantity("tallest bin of the CDS histogram above gamma: the high-CDS mode's peak",
                                               "features", default=None)
     cds_valley_depth: Optional[float] = quantity(
