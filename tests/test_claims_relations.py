@@ -203,3 +203,10 @@ def test_backbones_of_several_tables_is_their_union() -> None:
                                             "clip-l14-336", "planted"}
     with pytest.raises(KeyError, match="no claim comes from 'table99'"):
         backbones_of("table99")
+
+
+def test_a_family_claim_must_cover_its_families_backbones() -> None:
+    with pytest.raises(ValueError, match="not among them: dinov2-g"):
+        FamilyClaim(id="f.x", source="s", table="f", analysis="removal_probes", statement="s",
+                    families={"dinov2": ("dinov2-b", "dinov2-g")}, backbones=("dinov2-b",),
+                    relation=Relation(a="cls_top1_low_removal_gap", op="<=", along="size"))

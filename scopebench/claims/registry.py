@@ -162,6 +162,14 @@ class FamilyClaim(Claim):
 
     families: dict[str, tuple[str, ...]]
 
+    @model_validator(mode="after")
+    def _families_are_its_backbones(self) -> FamilyClaim:
+        outside = sorted({b for names in self.families.values() for b in names} - set(self.backbones))
+        if not self.families or outside:
+            raise ValueError(f"claim {self.id}: give families whose backbones are all among the claim's backbones"
+                             + (f"; not among them: {', '.join(outside)}" if outside else ""))
+        return self
+
 
 def _paper_subset(tables: Sequence[str], analysis: str, relation: Relation) -> dict[str, dict[str, float]]:
     """The paper's values of the relation's quantities in ``tables`` (all index values of an indexed relation),
@@ -191,7 +199,8 @@ def _claim(id: str, source: str, analysis: str, statement: str, backbones: tuple
 
 
 def _family(name: str) -> tuple[str, ...]:
-    """The paper's backbones of family ``name`` (``<family>-<size>``), smallest first as Table 6 lists them.
+    """The paper's backbones of family ``name`` (``<family>-<size>``), smallest first as Table 6 lists them;
+    a family the paper does not have (planted) is its one backbone.
 
     (Read from the paper's rows, not the backbone registry, whose package imports torch; a test checks that
     the registry agrees on families and size order.)
