@@ -21,6 +21,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from scopebench.analyses import ANALYSES
 from scopebench.results.records import ResultFileError, ResultRecord, load_result, result_path, write_result
 
 TOLERANCES_FILE = "meta/tolerances.json"  # a subfolder: the baseline folder itself holds only result files
@@ -29,11 +30,16 @@ REL_FLOOR = 1e-6
 
 
 def _quantities(record: ResultRecord) -> dict[str, float]:
-    """``analysis/quantity -> value`` of every finite quantity a record holds."""
+    """``analysis/quantity -> value`` of every finite measured quantity a record holds.
+
+    Derived quantities (an output's ``DERIVED``, e.g. high_share from n_low and n_high) are left out: they
+    follow from quantities compared here, so a tolerance of theirs would only restate those.
+    """
     found = {}
     for analysis in record.analyses:
+        derived = ANALYSES[analysis].output.DERIVED
         for key, value in record.output(analysis).quantities().items():
-            if math.isfinite(value):
+            if math.isfinite(value) and key not in derived:
                 found[f"{analysis}/{key}"] = value
     return found
 
