@@ -39,7 +39,7 @@ def resampled_indices(n: int, resamples: int, seed: int) -> torch.Tensor:
 
 def resampled_top1(correct: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy (fraction) of each resample of per-item correctness ``correct [n]`` (bool or 0/1)."""
-    hits = correct.to(torch.int64)[indices.to(correct.device)].sum(dim=1)  # exact integer counts
+    hits = (correct != 0)[indices.to(correct.device)].sum(dim=1)  # exact integer counts; a bool gather: n B bytes
     return hits.double().cpu() / indices.shape[1]
 
 
