@@ -167,7 +167,8 @@ def test_dense_probes_keep_per_image_test_scores_their_metric_is_computed_from()
                               config=DEPTH, progress=False)
     per_image = depth.test_scores
     assert per_image.shape == (20,) and math.isnan(per_image[0]) and not per_image[1:].isnan().any()
-    assert per_image[1:].mean().item() == depth.test_metric  # the reported RMSE, exactly
+    # the reported RMSE is their float32 mean over images with depth: within the summation bound of 19 terms
+    assert depth.test_metric == pytest.approx(per_image[1:].double().mean().item(), rel=19 * 2.0**-24)
 
 
 def test_classification_on_noise_stays_at_chance() -> None:
