@@ -8,6 +8,7 @@ import torch
 
 from scopebench.probes.metrics import (
     confusion_matrix,
+    image_confusion_matrices,
     miou,
     per_image_rmse,
     rmse,
@@ -41,6 +42,23 @@ def test_confusion_matrix_by_hand() -> None:
     expected[1, 1] = 2  # (0,2), (1,0)
     expected[2, 0] = 1  # (1,2)
     assert torch.equal(confusion_matrix(PREDICTION, TARGET, n_classes=4, ignore_index=255), expected)
+
+
+def test_image_confusion_matrices_are_each_maps_own_and_sum_to_the_whole() -> None:
+    # image 0 is the hand-worked map above; image 1 is all class 2, predicted 2, 2, 0 / 1, 3, 3 with one ignored pixel
+    target = torch.stack([TARGET, torch.tensor([[2, 2, 2], [2, 2, 255]])])
+    prediction = torch.stack([PREDICTION, torch.tensor([[2, 2, 0], [1, 3, 3]])])
+    per_image = image_confusion_matrices(prediction, target, n_classes=4, ignore_index=255)
+    second = torch.zeros(4, 4, dtype=torch.long)
+    second[2, 2], second[2, 0], second[2, 1], second[2, 3] = 2, 1, 1, 1
+    assert per_image.shape == (2, 4, 4)
+    assert torch.equal(per_image[0], confusion_matrix(PREDICTION, TARGET, n_classes=4, ignore_index=255))
+    assert torch.equal(per_image[1], second)
+    assert torch.equal(per_image.sum(dim=0), confusion_matrix(prediction, target, n_classes=4, ignore_index=255))
+    with pytest.raises(ValueError, match="ignore_index"):
+        image_confusion_matrices(prediction, target, n_classes=2, ignore_index=255)
+    with pytest.raises(ValueError, match=r"\[n, H, W\]"):
+        image_confusion_matrices(PREDICTION, TARGET, n_classes=4, ignore_index=255)
 
 
 def test_miou_by_hand_excludes_absent_class() -> None:

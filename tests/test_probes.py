@@ -4,6 +4,7 @@ Every probe run is tiny (a few epochs, two trials) so the file takes seconds.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from scopebench.probes.config import ClassificationConfig, DepthConfig, Segmenta
 from scopebench.probes.depth import DepthSplit, DepthTask, concat_global, train_depth_probe
 from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
 from scopebench.probes.metrics import miou as miou_metric
+from scopebench.probes.metrics import miou_from_confusion
 from scopebench.probes.metrics import rmse as rmse_metric
 from scopebench.probes.trainer import sample_hyperparameters
 from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
@@ -124,6 +126,49 @@ def test_classification_learns_separable_toy_and_reports_consistently() -> None:
     with torch.no_grad():
         predicted = result.probe(test.features).argmax(dim=1)
     assert result.test_metric == pytest.approx((predicted == test.labels).float().mean().item())
+
+
+def test_classification_keeps_which_test_samples_it_gets_right() -> None:
+    generator = torch.Generator().manual_seed(6)
+    train, val, test = (gaussian_classes(n, 16, generator) for n in (120, 60, 90))
+    # noisier features than the separable toy, so the test split holds both hits and misses
+    train, val, test = (ClassificationSplit(s.features + 6.0 * torch.randn(s.features.shape, generator=generator),
+                                            s.labels) for s in (train, val, test))
+    result = train_classification_probe(train, val, test, config=CLASSIFICATION, progress=False)
+    correct = result.test_scores
+    assert correct is not None and correct.dtype == torch.bool and correct.shape == (90,)
+    assert 0 < int(correct.sum()) < 90
+    assert int(correct.sum()) / 90 == result.test_metric  # the reported top-1, exactly
+    with torch.no_grad():
+        logits = result.probe(test.features)  # one batch, not the evaluation's batches of 16
+    top2 = logits.topk(2, dim=1).values
+    # a sample may only disagree where its two best logits tie within float32 rounding of another batching
+    disagree = correct != (logits.argmax(dim=1) == test.labels)
+    assert bool((top2[disagree, 0] - top2[disagree, 1] <= 1e-5 * top2[disagree].abs().amax(dim=1)).all())
+    assert train_classification_probe(train, val, config=CLASSIFICATION, progress=False).test_scores is None
+
+
+def test_dense_probes_keep_per_image_test_scores_their_metric_is_computed_from() -> None:
+    generator = torch.Generator().manual_seed(9)
+    atoms = atom_basis()
+    train, val, test = (planted_scenes(n, atoms, generator) for n in (48, 16, 20))
+    test.seg_labels[:5, :3, :] = 255  # some unlabelled pixels in some test images
+    test.depth[0] = 0.0  # a test image without depth
+    segmentation = train_segmentation_probe(*(SegmentationSplit(s.tokens, s.seg_labels) for s in (train, val, test)),
+                                            n_classes=N_CLASSES, config=SEGMENTATION, progress=False)
+    confusions = segmentation.test_scores
+    assert confusions.shape == (20, N_CLASSES, N_CLASSES)
+    assert miou_from_confusion(confusions.sum(dim=0)) == segmentation.test_metric  # the reported mIoU, exactly
+    # each image's matrix counts its own labelled pixels, row by ground-truth class
+    for image, labels in zip(confusions, test.seg_labels):
+        labelled = labels[labels != 255]
+        assert image.sum(dim=1).tolist() == torch.bincount(labelled, minlength=N_CLASSES).tolist()
+    depth = train_depth_probe(*(DepthSplit(s.tokens, s.tokens.mean(dim=(1, 2)), s.depth) for s in (train, val, test)),
+                              config=DEPTH, progress=False)
+    per_image = depth.test_scores
+    assert per_image.shape == (20,) and math.isnan(per_image[0]) and not per_image[1:].isnan().any()
+    # the reported RMSE is their float32 mean over images with depth: within the summation bound of 19 terms
+    assert depth.test_metric == pytest.approx(per_image[1:].double().mean().item(), rel=19 * 2.0**-24)
 
 
 def test_classification_on_noise_stays_at_chance() -> None:

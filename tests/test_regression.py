@@ -93,3 +93,21 @@ def test_a_run_at_another_precision_is_not_compared_with_the_baseline(baseline: 
     passed, report = compare_dirs(load_results(now), baseline)
     assert not passed and "2 records compared" in report
     assert "planted/topk (baseline made at precision fp32, this run bf16: pass the baseline's --precision)" in report
+
+
+def test_quantities_and_config_fields_newer_than_the_baseline_are_not_drift(baseline: Path, tmp_path: Path) -> None:
+    """A run that measures more than its baseline recorded (here the bootstrap intervals of the removal gains,
+    with the bootstrap settings in its config) passes; the baseline's own quantities are still compared."""
+    now = tmp_path / "now"
+    shutil.copytree(COMMITTED, now)
+    path = now / "planted__batchtopk.json"
+    data = json.loads(path.read_text())
+    probes = data["analyses"]["removal_probes"]
+    assert "cls_gain_high_removed_lo" not in probes["output"] and "bootstrap" not in probes["config"]
+    probes["output"].update(cls_gain_high_removed=-0.39, cls_gain_high_removed_lo=-1.95, cls_gain_high_removed_hi=1.17)
+    probes["config"]["bootstrap"] = {"resamples": 2000, "confidence": 0.95, "seed": 0}
+    path.write_text(json.dumps(data))
+    passed, report = compare_dirs(load_results(now), baseline)
+    assert passed, report
+    _perturb(path, "removal_probes", "cls_top1_original", 1.5)
+    assert not compare_dirs(load_results(now), baseline)[0]

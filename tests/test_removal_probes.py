@@ -9,6 +9,7 @@ from scopebench.pipeline.cache import ActivationStore
 from scopebench.data.base import Sample
 from scopebench.analyses.cds.partition import Partition
 from scopebench.probes.config import ClassificationConfig, SegmentationConfig
+from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.analyses.removal_probes.removal import remove_group
 from scopebench.analyses.removal_probes.probing import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, _targets, \
     classification_metrics, dense_metrics
@@ -46,17 +47,17 @@ def make_inputs(n: int, seed: int) -> tuple[ProbeInputs, list[int]]:
     return ProbeInputs(tokens=tokens, prefix=prefix, dataset=LabelledImages(labels)), labels
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def splits() -> dict[str, ProbeInputs]:
     return {split: make_inputs(n, seed)[0] for split, n, seed in (("train", 96, 0), ("val", 48, 1), ("test", 48, 2))}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sae() -> ReluSAE:
     return ReluSAE(torch.eye(D))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def groups() -> Partition:
     return Partition(low=np.array([0, 1, 2]), high=np.array([3, 4, 5]), gamma=0.5, n_dead=0)
 
@@ -64,6 +65,26 @@ def groups() -> Partition:
 def prefix_everywhere(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
     """A stand-in for the remaining blocks that is not linear in the patch tokens: attend only to the prefix."""
     return prefix[:, :1].expand_as(tokens) + 0.0 * tokens
+
+
+PROBE_RUN = dict(device=torch.device("cpu"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def cls_scores(sae, splits, groups) -> dict[str, dict[str, float]]:
+    """Classification scores at the SAE layer and through :func:`prefix_everywhere` (shared: each takes seconds)."""
+    config = ClassificationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05))
+    return {"at_layer": classification_metrics(sae, groups, splits, config=config, **PROBE_RUN),
+            "propagated": classification_metrics(sae, groups, splits, config=config, propagate=prefix_everywhere,
+                                                 **PROBE_RUN)}
+
+
+@pytest.fixture(scope="module")
+def seg_scores(sae, splits, groups) -> dict[str, dict[str, float]]:
+    config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
+    kwargs = dict(target_size=4, has_cls=True, config=config, **PROBE_RUN)
+    return {"at_layer": dense_metrics("seg", sae, groups, splits, **kwargs),
+            "propagated": dense_metrics("seg", sae, groups, splits, propagate=prefix_everywhere, **kwargs)}
 
 
 def test_edited_tokens_go_through_propagation_in_chunks_beside_the_unedited_prefix(sae, splits, groups) -> None:
@@ -82,23 +103,35 @@ def test_edited_tokens_go_through_propagation_in_chunks_beside_the_unedited_pref
     torch.testing.assert_close(out, 2.0 * expected)
 
 
-def test_classification_pools_the_propagated_tokens(sae, splits, groups) -> None:
-    config = ClassificationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05))
-    kwargs = dict(config=config, device=torch.device("cpu"), progress=False)
-    at_layer = classification_metrics(sae, groups, splits, **kwargs)
-    propagated = classification_metrics(sae, groups, splits, propagate=prefix_everywhere, **kwargs)
+def test_classification_pools_the_propagated_tokens(cls_scores) -> None:
+    at_layer, propagated = cls_scores["at_layer"], cls_scores["propagated"]
     # only the propagated features carry the label (through the prefix token)
     assert all(propagated[f"cls_top1_{e}"] == 100.0 for e in ("original", "high_removed", "low_removed"))
     assert at_layer["cls_top1_original"] < 70.0
 
 
-def test_segmentation_reads_the_propagated_tokens(sae, splits, groups) -> None:
-    config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
-    kwargs = dict(target_size=4, has_cls=True, config=config, device=torch.device("cpu"), progress=False)
-    at_layer = dense_metrics("seg", sae, groups, splits, **kwargs)
-    propagated = dense_metrics("seg", sae, groups, splits, propagate=prefix_everywhere, **kwargs)
+def test_segmentation_reads_the_propagated_tokens(seg_scores) -> None:
+    at_layer, propagated = seg_scores["at_layer"], seg_scores["propagated"]
     assert propagated["seg_miou_original"] == pytest.approx(100.0)
     assert at_layer["seg_miou_original"] < 70.0
+
+
+def test_output_carries_each_removals_gain_and_its_bootstrap_interval(cls_scores, seg_scores) -> None:
+    cls_only = RemovalProbesOutput(**cls_scores["at_layer"])
+    both = RemovalProbesOutput(**cls_scores["at_layer"], **seg_scores["at_layer"]).quantities()
+    for task, score in (("cls", "cls_top1"), ("seg", "seg_miou")):
+        for removal in ("high_removed", "low_removed"):
+            gain, lo, hi = (both[f"{task}_gain_{removal}{end}"] for end in ("", "_lo", "_hi"))
+            assert gain == both[f"{score}_{removal}"] - both[f"{score}_original"]
+            assert lo < hi
+    # on noise patch tokens every classification probe is at chance: the true gains are 0, and both
+    # 95% intervals hold it (they span about 20 points on 48 test images)
+    assert all(both[f"cls_gain_{r}_lo"] < 0.0 < both[f"cls_gain_{r}_hi"] for r in ("high_removed", "low_removed"))
+    assert cls_only.seg_gain_high_removed is None and cls_only.seg_gain_low_removed_hi is None
+    # through propagation all three probes classify every test image correctly: nothing to resample
+    perfect = cls_scores["propagated"]
+    assert [perfect[f"cls_gain_{r}{end}"] for r in ("high_removed", "low_removed") for end in ("", "_lo", "_hi")] \
+        == [0.0] * 6
 
 
 def test_workbench_skips_propagation_for_a_backbone_without_later_blocks(tmp_path) -> None:

@@ -22,9 +22,9 @@ Level = Literal["sae", "backbone"]
 #: How a quantity is shown in every table (terminal, Markdown, HTML), by its unit, as a format spec: ".Nf" is N
 #: decimals, ".Ng" N significant digits (FVU spans 1e-4 on the planted default to 0.1 on real backbones). One
 #: precision per quantity, fine enough for the paper's smallest reported differences (FVU_O 0.001, CS 0.999).
-UNIT_FORMATS: dict[str, str] = {"unitless": ".3g", "cosine": ".4f", "latents": ".3g", "percent": ".2f", "tokens": ".0f",
-                                "features": ".0f", "L2 norm": ".2f", "CDS": ".3f", "TV": ".3f", "patch units": ".3f",
-                                "depth unit": ".3f"}
+UNIT_FORMATS: dict[str, str] = {"unitless": ".3g", "cosine": ".4f", "latents": ".3g", "percent": ".2f",
+                                "percent points": ".2f", "tokens": ".0f", "features": ".0f", "L2 norm": ".2f",
+                                "CDS": ".3f", "TV": ".3f", "patch units": ".3f", "depth unit": ".3f"}
 
 
 def quantity(description: str, unit: str, *, column: str | None = None, default: Any = ...) -> Any:

@@ -55,13 +55,12 @@ class ClassificationTask:
         features, labels = batch
         return F.cross_entropy(probe(features), labels)
 
-    def evaluate(self, probe: nn.Module, batches: Iterator[Batch]) -> float:
-        correct = 0
-        total = 0
-        for features, labels in batches:
-            correct += int((probe(features).argmax(dim=1) == labels).sum())
-            total += labels.numel()
-        return correct / total
+    def item_scores(self, probe: nn.Module, batches: Iterator[Batch]) -> torch.Tensor:
+        """Per sample: whether its arg-max class is its label (bool ``[n]``)."""
+        return torch.cat([(probe(features).argmax(dim=1) == labels).cpu() for features, labels in batches])
+
+    def metric(self, scores: torch.Tensor) -> float:
+        return int(scores.sum()) / scores.numel()
 
 
 def _check_labels(split: ClassificationSplit, name: str, n_classes: int) -> None:
@@ -82,6 +81,8 @@ def train_classification_probe(
     standardizer: Standardize | None = None,
 ) -> ProbeResult:
     """Random-searched linear classifier; metric = top-1 accuracy (fraction) on val / test.
+
+    The result's ``test_scores`` say which test samples the chosen probe classifies correctly.
 
     ``n_classes`` defaults to ``1 + max label`` over the given splits.  ``standardizer``
     replaces the statistics fitted on ``train`` (see :mod:`scopebench.probes.standardize`).

@@ -63,3 +63,14 @@ class DepthConfig(ProbeConfig):
         if not self.max_depth > self.min_depth:
             raise ValueError(f"max_depth={self.max_depth} must exceed min_depth={self.min_depth}")
         return self
+
+
+class BootstrapConfig(BaseModel):
+    """The paired bootstrap over test items that puts an interval on a probe score's change
+    (:mod:`scopebench.probes.bootstrap`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resamples: int = Field(2000, ge=1, description="bootstrap resamples B of the test items")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="coverage of the percentile interval")
+    seed: int = Field(0, description="seed of the resampled item indices")

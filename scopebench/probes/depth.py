@@ -115,10 +115,12 @@ class DepthTask:
         prediction = probe(tokens, global_tokens, tuple(depth.shape[-2:]))
         return scale_invariant_loss(prediction, depth, lam=self.config.si_lambda, sqrt=self.config.si_sqrt)
 
-    def evaluate(self, probe: nn.Module, batches: Iterator[Batch]) -> float:
-        per_image = [per_image_rmse(probe(t, g, tuple(d.shape[-2:])), d).cpu() for t, g, d in batches]
-        values = torch.cat(per_image)
-        return values[~values.isnan()].mean().item()
+    def item_scores(self, probe: nn.Module, batches: Iterator[Batch]) -> torch.Tensor:
+        """Per image: its RMSE (NaN for an image without valid pixels)."""
+        return torch.cat([per_image_rmse(probe(t, g, tuple(d.shape[-2:])), d).cpu() for t, g, d in batches])
+
+    def metric(self, scores: torch.Tensor) -> float:
+        return scores[~scores.isnan()].mean().item()
 
 
 def train_depth_probe(

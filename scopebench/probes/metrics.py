@@ -34,15 +34,42 @@ def confusion_matrix(
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
     keep = target != ignore_index
+    truth, predicted = _labelled_pixels(prediction, target, keep, n_classes, ignore_index)
+    flat = truth * n_classes + predicted
+    return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def image_confusion_matrices(
+    prediction: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """``[n, C, C]`` long: the :func:`confusion_matrix` of each of ``n`` label maps ``[n, H, W]``.
+
+    Their sum over images is the confusion matrix of the whole set, so a resample of the
+    images (a bootstrap) has its mIoU without another pass over the pixels.
+    """
+    if prediction.shape != target.shape or prediction.ndim != 3:
+        raise ValueError(
+            f"expected prediction and target of equal shape [n, H, W], got {tuple(prediction.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    n = target.shape[0]
+    keep = target != ignore_index
+    truth, predicted = _labelled_pixels(prediction, target, keep, n_classes, ignore_index)
+    image = torch.arange(n, device=target.device).reshape(n, 1, 1).expand_as(target)[keep]
+    flat = (image * n_classes + truth) * n_classes + predicted
+    return torch.bincount(flat, minlength=n * n_classes * n_classes).reshape(n, n_classes, n_classes)
+
+
+def _labelled_pixels(prediction: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, n_classes: int,
+                     ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(truth, prediction)`` of the pixels ``keep`` selects, as long; refuses labels outside ``[0, n_classes)``."""
     truth = target[keep].long()
-    predicted = prediction[keep].long()
     if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= n_classes):
         raise ValueError(
             f"target labels must lie in [0, {n_classes}) or equal ignore_index={ignore_index}; "
             f"found range [{int(truth.min())}, {int(truth.max())}]"
         )
-    flat = truth * n_classes + predicted
-    return torch.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return truth, prediction[keep].long()
 
 
 def miou_from_confusion(confusion: torch.Tensor) -> float:

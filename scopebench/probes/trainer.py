@@ -5,6 +5,10 @@ ranges, trains a fresh probe with SGD (momentum) under a cosine-annealed learnin
 (annealed per step over all epochs, to zero), and scores it on the validation split.
 The trial with the best validation metric is kept and, if a test split is given,
 scored on it.  Trials whose loss becomes non-finite are recorded as diverged.
+
+A task scores a split item by item (a test image's correctness, its confusion matrix, its
+RMSE) and reduces those to its metric; the test split's per-item scores are kept in the
+result so that a test of a difference between two probes can resample the test images.
 """
 from __future__ import annotations
 
@@ -34,7 +38,13 @@ class ProbeTask(Protocol):
 
     def loss(self, probe: nn.Module, batch: Batch) -> torch.Tensor: ...
 
-    def evaluate(self, probe: nn.Module, batches: Iterator[Batch]) -> float: ...
+    def item_scores(self, probe: nn.Module, batches: Iterator[Batch]) -> torch.Tensor:
+        """Per-item scores of a split, in the split's order (the first dimension indexes its items)."""
+        ...
+
+    def metric(self, scores: torch.Tensor) -> float:
+        """The split's metric from its per-item scores."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class ProbeResult:
     trials: list[Trial]
     config: dict[str, Any]
     probe: nn.Module = field(repr=False)  # the chosen trained probe, on the CPU
+    test_scores: torch.Tensor | None = field(default=None, repr=False)  # per test item, on the CPU (task.item_scores)
 
 
 def iter_batches(
@@ -112,6 +123,14 @@ def _train_trial(
     return probe, False
 
 
+@torch.no_grad()
+def _evaluate(task: ProbeTask, probe: nn.Module, split: Sequence[torch.Tensor], batch_size: int,
+              device: torch.device) -> tuple[float, torch.Tensor]:
+    """``(metric, per-item scores)`` of a trained probe on one split."""
+    scores = task.item_scores(probe, iter_batches(split, batch_size, device))
+    return task.metric(scores), scores
+
+
 def _is_better(candidate: float, incumbent: float | None, higher_is_better: bool) -> bool:
     if incumbent is None:
         return True
@@ -143,8 +162,7 @@ def random_search(
         metric = float("nan")
         if not diverged:
             probe.eval()
-            with torch.no_grad():
-                metric = task.evaluate(probe, iter_batches(val, config.batch_size, target))
+            metric, _ = _evaluate(task, probe, val, config.batch_size, target)
             diverged = not math.isfinite(metric)
         trials.append(Trial(lr=lr, weight_decay=weight_decay, val_metric=metric, diverged=diverged))
         if not diverged and _is_better(metric, best_metric, task.higher_is_better):
@@ -154,10 +172,9 @@ def random_search(
             f"all {config.trials} {task.metric_name} probe trials diverged (non-finite loss) with lr in "
             f"{config.lr_range}; lower lr_range or set standardize=True"
         )
-    test_metric = None
+    test_metric = test_scores = None
     if test is not None:
-        with torch.no_grad():
-            test_metric = task.evaluate(best_probe, iter_batches(test, config.batch_size, target))
+        test_metric, test_scores = _evaluate(task, best_probe, test, config.batch_size, target)
     chosen = trials[best_index]
     return ProbeResult(
         metric_name=task.metric_name,
@@ -169,6 +186,7 @@ def random_search(
         trials=trials,
         config=config.model_dump(mode="json"),
         probe=best_probe.cpu(),
+        test_scores=None if test_scores is None else test_scores.cpu(),
     )
 
 

@@ -38,10 +38,11 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
     def probe() -> dict[str, float]:
         if task == "cls":
             return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
-                                          progress=bench.progress, propagate=propagate)
+                                          progress=bench.progress, propagate=propagate, bootstrap=config.bootstrap)
         return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
                              has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
-                             device=bench.device, progress=bench.progress, propagate=propagate)
+                             device=bench.device, progress=bench.progress, propagate=propagate,
+                             bootstrap=config.bootstrap)
 
     # the inputs above are shared by every rank of a torchrun launch (extraction, the SAE, CDS are split over
     # them); the probes are small and train on rank 0 alone, which hands its scores to the others

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from scopebench.analyses.base import AnalysisConfig
-from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
+from scopebench.probes.config import BootstrapConfig, ClassificationConfig, DepthConfig, SegmentationConfig
 
 TASKS = ("cls", "seg", "depth")
 
@@ -26,6 +26,8 @@ class RemovalProbesConfig(AnalysisConfig):
     classification: ClassificationConfig = ClassificationConfig()
     segmentation: SegmentationConfig = SegmentationConfig(ignore_index=-1)  # ADE20K loader: "other" -> -1
     depth: DepthConfig = DepthConfig()
+    bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="the paired bootstrap over test images that "
+                                       "gives each removal's classification and segmentation gain an interval")
 
     @field_validator("task_images")
     @classmethod

@@ -28,10 +28,23 @@ def low_removal_gap(values: Mapping[str, Any]) -> float | None:
     """``cls_top1_original - cls_top1_low_removed``: the accuracy that removing the low-CDS features costs."""
     original, removed = values.get("cls_top1_original"), values.get("cls_top1_low_removed")
     return None if original is None or removed is None else original - removed
+def _gain(score: str, removal: str, end: str | None = None) -> Any:
+    """A removal's gain (removed - original) or one end ("lower" / "upper") of its bootstrap interval."""
+    if end is None:
+        return quantity(f"{_SCORE[score][0]} gain with {_EMBEDDING[removal]} (removed - original)", "percent points",
+                        default=None)
+    return quantity(f"{end} end of the paired-bootstrap percentile interval over test images of "
+                    f"{score.split('_')[0]}_gain_{removal} (confidence: the config's bootstrap.confidence)",
+                    "percent points", default=None)
 
 
 class RemovalProbesOutput(AnalysisOutput):
-    """Probe scores on the task's test split; a task that was not run stays null."""
+    """Probe scores on the task's test split; a task that was not run stays null.
+
+    The classification and segmentation gains come with a paired-bootstrap interval over the
+    test images (:mod:`scopebench.probes.bootstrap`): sampling of the test set only, not of
+    probe training.
+    """
 
     cls_top1_original: Optional[float] = _field("cls_top1", "original")
     cls_top1_high_removed: Optional[float] = _field("cls_top1", "high_removed")
@@ -47,6 +60,18 @@ class RemovalProbesOutput(AnalysisOutput):
         "gap)", "percent", default=None)
 
     DERIVED: ClassVar[dict[str, Any]] = {"cls_top1_low_removal_gap": low_removal_gap}
+    cls_gain_high_removed: Optional[float] = _gain("cls_top1", "high_removed")
+    cls_gain_high_removed_lo: Optional[float] = _gain("cls_top1", "high_removed", "lower")
+    cls_gain_high_removed_hi: Optional[float] = _gain("cls_top1", "high_removed", "upper")
+    cls_gain_low_removed: Optional[float] = _gain("cls_top1", "low_removed")
+    cls_gain_low_removed_lo: Optional[float] = _gain("cls_top1", "low_removed", "lower")
+    cls_gain_low_removed_hi: Optional[float] = _gain("cls_top1", "low_removed", "upper")
+    seg_gain_high_removed: Optional[float] = _gain("seg_miou", "high_removed")
+    seg_gain_high_removed_lo: Optional[float] = _gain("seg_miou", "high_removed", "lower")
+    seg_gain_high_removed_hi: Optional[float] = _gain("seg_miou", "high_removed", "upper")
+    seg_gain_low_removed: Optional[float] = _gain("seg_miou", "low_removed")
+    seg_gain_low_removed_lo: Optional[float] = _gain("seg_miou", "low_removed", "lower")
+    seg_gain_low_removed_hi: Optional[float] = _gain("seg_miou", "low_removed", "upper")
 
     #: (removed) - (original) in the probe's unit
     DERIVED_COLUMNS: ClassVar[dict[str, Any]] = {

@@ -6,6 +6,11 @@ kept).  All three embeddings are z-scored with the original embedding's training
 (see :mod:`scopebench.probes.standardize` for why).  Inputs are cached token arrays and the datasets' targets; metric names follow
 :data:`scopebench.claims.registry.QUANTITIES` (accuracy and mIoU in percent, RMSE in depth units).
 
+Each removal's classification and segmentation gain (removed - original, in percent points)
+comes with a paired-bootstrap interval over the test images (:mod:`scopebench.probes.bootstrap`):
+the three probes score the same test images in the same order, so each resample is applied to
+the per-image scores of both probes of a difference.
+
 By default the probes read the edited tokens at the SAE layer.  With ``propagate`` (a
 backbone's ``propagate(patch_tokens, prefix) -> final patch tokens``) the edited tokens
 first run through the remaining blocks, next to the unedited prefix tokens; classification
@@ -23,8 +28,9 @@ import torch
 from scopebench.sae.codes import TokenArray, load_rows
 from scopebench.data.base import ImageDataset
 from scopebench.analyses.cds.partition import Partition
+from scopebench.probes.bootstrap import Statistic, paired_interval, resampled_miou, resampled_top1
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
-from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
+from scopebench.probes.config import BootstrapConfig, ClassificationConfig, DepthConfig, SegmentationConfig
 from scopebench.probes.depth import DepthSplit, fit_depth_standardize, train_depth_probe
 from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
 from scopebench.probes.standardize import fit_standardize
@@ -71,6 +77,17 @@ def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
     return torch.stack(values)
 
 
+def _gains(metric: str, gain: str, out: Mapping[str, float], test_scores: Mapping[str, torch.Tensor],
+           statistic: Statistic, config: BootstrapConfig) -> dict[str, float]:
+    """Each removal's gain ``{gain}_{removal}`` in points and its bootstrap interval ``..._lo``, ``..._hi``."""
+    gains = {}
+    for removal in EMBEDDINGS[1:]:
+        lo, hi = paired_interval(test_scores["original"], test_scores[removal], statistic, config)
+        gains[f"{gain}_{removal}"] = out[f"{metric}_{removal}"] - out[f"{metric}_original"]
+        gains[f"{gain}_{removal}_lo"], gains[f"{gain}_{removal}_hi"] = 100.0 * lo, 100.0 * hi
+    return gains
+
+
 def _edited_and_propagated(tokens: TokenArray, prefix: TokenArray, sae: SparseAutoencoder, group: np.ndarray,
                            propagate: Propagate, device: torch.device) -> torch.Tensor:
     """Patch tokens with ``group`` removed at the SAE layer, then run through the remaining blocks (on CPU)."""
@@ -85,7 +102,8 @@ def _edited_and_propagated(tokens: TokenArray, prefix: TokenArray, sae: SparseAu
 
 def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
                            config: ClassificationConfig, device: torch.device, progress: bool,
-                           propagate: Propagate | None = None) -> dict[str, float]:
+                           propagate: Propagate | None = None,
+                           bootstrap: BootstrapConfig = BootstrapConfig()) -> dict[str, float]:
     labels = {split: _targets(inputs[split].dataset, "label", 0) for split in SPLITS}
     if propagate is None:
         pooled = {}
@@ -104,7 +122,7 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
                                       device).mean(dim=1)
 
     n_classes = int(max(int(v.max()) for v in labels.values())) + 1
-    out = {}
+    out, correct = {}, {}
     standardizer = None
     for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
         group = _group(partition, embedding)
@@ -113,7 +131,8 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
         result = train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
                                             progress=progress, standardizer=standardizer)
         out[f"cls_top1_{embedding}"] = 100.0 * float(result.test_metric)
-    return out
+        correct[embedding] = result.test_scores
+    return {**out, **_gains("cls_top1", "cls_gain", out, correct, resampled_top1, bootstrap)}
 
 
 def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
@@ -124,8 +143,10 @@ def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
                   target_size: int, has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
-                  progress: bool, propagate: Propagate | None = None) -> dict[str, float]:
-    """Segmentation mIoU (``task="seg"``) or depth RMSE (``task="depth"``) for the three embeddings.
+                  progress: bool, propagate: Propagate | None = None,
+                  bootstrap: BootstrapConfig = BootstrapConfig()) -> dict[str, float]:
+    """Segmentation mIoU (``task="seg"``, with each removal's gain and its interval) or depth RMSE
+    (``task="depth"``) for the three embeddings.
 
     Targets are square-resized (nearest) to ``target_size``; the probes upsample their
     patch-grid logits to it.
@@ -140,7 +161,7 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         # the CLS token is never edited; without one, the mean original patch token stands in
         global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
                          for s in SPLITS}
-    out = {}
+    out, confusions = {}, {}
     standardizer = None
     for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
         group = _group(partition, embedding)
@@ -155,10 +176,13 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
             result = train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,
                                               progress=progress, standardizer=standardizer)
             out[f"seg_miou_{embedding}"] = 100.0 * float(result.test_metric)
+            confusions[embedding] = result.test_scores
         else:
             splits = [DepthSplit(edited[s], global_tokens[s], targets[s]) for s in SPLITS]
             standardizer = standardizer or fit_depth_standardize(splits[0])
             result = train_depth_probe(*splits, config=config, device=device, progress=progress,
                                        standardizer=standardizer)
             out[f"depth_rmse_{embedding}"] = float(result.test_metric)
+    if task == "seg":
+        out.update(_gains("seg_miou", "seg_gain", out, confusions, resampled_miou, bootstrap))
     return out
