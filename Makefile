@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench perf perf-compare faults regression precision-effect leaderboard-png install clean
+.PHONY: test bench bench-seeds perf perf-compare faults regression precision-effect leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,17 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk
+
+# The several-seed evidence (README, "Fidelity of the planted default"): the planted bench with SEED_RECIPES at each
+# SAE training seed of SEEDS, then every claim's margin per seed. Fails when an asserted claim fails at any seed.
+# Results go to SEEDS_DIR/seed-N (a temporary folder unless given).
+SEEDS ?= 0 1 2
+SEED_RECIPES ?= batchtopk
+bench-seeds: $(STAMP)
+	d="$${SEEDS_DIR:-$$(mktemp -d)}"; status=0; for s in $(SEEDS); do \
+		$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes $(SEED_RECIPES) --no-progress --seed $$s \
+			--results-dir $$d/seed-$$s --cache-dir $$d/cache --plots-dir $$d/plots-$$s || status=1; \
+	done; $(PY) bench/seed_margins.py $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) || status=1; exit $$status
 
 # Regression mode on the planted default against the committed baseline (bench/baseline): every quantity
 # within its seed-spread tolerance, no claim verdict flipped. Results go to a temporary folder.

@@ -196,10 +196,10 @@ def test_for_every_s_checks_each_shift() -> None:
 def test_real_claims_on_failing_measurements() -> None:
     table7 = get_claim("table7.outlier-attention-unstable")
     assert not evaluate(table7, {indexed("attn_emd_out", 1): 0.5, indexed("attn_emd_non", 1): 0.6}).passed
-    cls = get_claim("table3.cls-high-removal-harmless")
-    assert cls.tolerance == 1.0
-    assert evaluate(cls, {"cls_top1_high_removed": 74.0, "cls_top1_original": 74.82}).passed
-    assert not evaluate(cls, {"cls_top1_high_removed": 73.0, "cls_top1_original": 74.82}).passed
+    cls = get_claim("table3.cls-high-removal-improves")
+    assert evaluate(cls, {"cls_gain_high_removed_lo": 0.2}).passed
+    assert not evaluate(cls, {"cls_gain_high_removed_lo": 0.0}).passed  # an interval touching zero: not sure
+    assert not evaluate(cls, {"cls_gain_high_removed_lo": float("nan")}).passed
     minority = get_claim("table4.high-cds-minority")
     assert not evaluate(minority, {"n_high": 600, "n_low": 400}).passed
 
@@ -233,7 +233,22 @@ def test_check_all_evaluates_every_claim_of_an_output_and_only_those() -> None:
     assert [c.id for c in claims_for("reconstruction", "dinov2-b", {"fvu_a": 0.1, "fvu_o": 0.2})] == [
         "table6.outliers-reconstructed-better"]
     assert claims_for("cds", "dinov2-b", {"n_low": 1.0, "n_high": 2.0}) == []  # Table 4's claim is CLIP-only
-    probes = {"cls_top1_original": 80.0, "cls_top1_high_removed": 81.0, "cls_top1_low_removed": 70.0}
-    assert {c.id for c in claims_for("removal_probes", "clip-b16", probes)} == {"table3.cls-high-removal-harmless"}
+    probes = {"cls_top1_original": 80.0, "cls_top1_high_removed": 81.0, "cls_top1_low_removed": 70.0,
+              "cls_gain_high_removed_lo": 0.3}
+    assert {c.id for c in claims_for("removal_probes", "clip-b16", probes)} == {"table3.cls-high-removal-improves"}
     assert {c.id for c in claims_for("removal_probes", "deit3-l", probes)} == {
-        "figure8.cls-high-removal-harmless", "figure8.cls-low-removal-hurts"}
+        "figure8.cls-high-removal-improves", "figure8.cls-low-removal-hurts"}
+
+
+def test_a_known_planted_miss_is_scored_on_planted_and_asserted_elsewhere() -> None:
+    """A claim the planted instrument cannot show (its mechanism stated) never fails a planted run, and says why."""
+    missed = [c for c in CLAIMS if c.planted_miss is not None]
+    assert [c.id for c in missed] == ["table6.outliers-fewer-latents"]
+    output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.95, l0_a=30.0, l0_o=200.0)
+    on_planted = {c.id: v for c, v in check_all("reconstruction", output, "planted")}
+    verdict = on_planted["table6.outliers-fewer-latents"]
+    assert not verdict.passed and not verdict.asserted and not verdict.fails_run
+    assert "known planted miss" in verdict.detail
+    assert on_planted["table6.outliers-reconstructed-better"].asserted  # the other claims stay asserted
+    on_real = {c.id: v for c, v in check_all("reconstruction", output, "dinov2-b")}
+    assert on_real["table6.outliers-fewer-latents"].fails_run

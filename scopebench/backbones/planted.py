@@ -5,8 +5,9 @@ outlier tokens carrying global information, local features that follow content) 
 arise in trained models.  This instrument plants them by construction, so every
 downstream analysis can be checked against the truth (DESIGN.md, "The planted backbone").
 
-Token of patch ``i`` in a view = ``local_i + global_i``, in orthogonal subspaces of a
-fixed random orthonormal basis of ``R^D``:
+Token of patch ``i`` in a view = ``local_i + context_i + global_i``; the local part lies in one
+subspace of a fixed random orthonormal basis of ``R^D``, the context and global parts in the
+orthogonal rest:
 
 - ``local_i`` is a fixed function of the patch's own pixels only: non-negative
   responses of a small detector bank (colour sign detectors, oriented grating energies
@@ -20,14 +21,22 @@ fixed random orthonormal basis of ``R^D``:
 - ``global_i`` is zero except at ``round(outlier_fraction * N)`` outlier positions chosen
   by a smooth random field over the patch grid whose phases come from whole-view
   statistics (so the positions move when the view shifts).  There it is one large-norm
-  vector per view, of norm 0.6-1.4 x ``global_norm`` set by the view: a shared dominant *global atom* plus a smaller non-negative mix of
-  the other global atoms with weights from a fast-varying function of the view's
-  brightness and contrast (nothing linear about class or depth).
+  vector per view, of norm 0.6-1.4 x ``global_norm`` set by the view: a shared dominant *global
+  atom* plus a smaller non-negative mix of the other global atoms with weights from a
+  fast-varying function of the view's brightness and contrast (nothing linear about class or depth).
+- ``context_i`` (v7): normal tokens carry view-level context too, as in trained ViTs: a mix of
+  the dominant atom and ``CONTEXT_ATOMS`` other global atoms chosen by the view, carried with
+  a weight from a second view-phased field (blobs that move when the view shifts), peak norm
+  ``CONTEXT_NORM``.  The features an SAE learns for it are context-dependent (high CDS), and
+  for a linear classifier it is a nuisance as large as the class signal: removing the
+  high-CDS features can help classification (the paper's Table 3 / Figure 8).
 
 Attention (per head): normal queries attend with a Gaussian in patch distance (width
-per head) modulated by local-content similarity, so their rows follow content; outlier
-queries attend near-uniformly with extra weight on the other outliers; prefix queries
-look at all patches, mostly at the outliers.
+per head) modulated by local-content similarity and pulled toward the view centre
+(``POSITION_BIAS``, in absolute grid coordinates: the same content elsewhere in the view
+is attended a little differently, so normal queries' EMD grows with the SCC shift, the
+paper's Table 9); outlier queries attend near-uniformly with extra weight on the other
+outliers; prefix queries look at all patches, mostly at the outliers.
 """
 from __future__ import annotations
 
@@ -43,17 +52,21 @@ from scopebench.backbones.base import Grid, LayerOutput, Preprocess
 from scopebench.backbones.registry import get_spec
 from scopebench.backbones.spec import BackboneSpec
 
-VERSION = "v6"
+VERSION = "v7"
 N_ORIENTATIONS = 8
 FREQUENCIES = (0.5, 1.0, 1.5, 2.0, 2.5)  # grating detectors, cycles per patch
 N_GLOBAL_ATOMS = 8
 N_TEXTURE = N_ORIENTATIONS * len(FREQUENCIES)
 N_LOCAL = 6 + N_TEXTURE + 2  # colour signs, texture energies, contrast, constant
 OUTLIER_FRACTION = 0.025  # share of patch tokens carrying the global part (5 of 196)
-GLOBAL_NORM = 8.0  # norm of the global vector; normal tokens have norm ~1-2
+GLOBAL_NORM = 12.0  # norm of the global vector; normal tokens have norm ~1-3
 GLOBAL_VARIATION = 0.5  # norm of the view-dependent part of the global mix, relative to the shared atom
 TEXTURE_TOP_K = 4  # texture detectors kept per patch
 OUTLIER_LOCAL_SHARE = 0.1  # what remains of an outlier position's local part
+CONTEXT_NORM = 2.0  # peak norm of the context part normal tokens carry (their local part has norm ~1-2)
+CONTEXT_DOMINANT = 1.0  # weight of the dominant (outlier) atom in the context mix, beside the chosen atoms' 1
+CONTEXT_ATOMS = 2  # global atoms each view's context part mixes (chosen by the view)
+POSITION_BIAS = 1.0  # weight of normal queries' pull toward the view centre (absolute-position signal)
 
 
 @dataclass
@@ -68,6 +81,9 @@ class PlantedTruth:
     patch_codes: torch.Tensor  # [B, N, dl] detector responses of each patch alone (non-negative)
     local_codes: torch.Tensor  # [B, N, dl] coefficients on the local atoms: patch_codes, shrunk at outliers
     global_codes: torch.Tensor  # [B, n_global_atoms] non-negative coefficients of each view's global vector
+    context_part: torch.Tensor  # [B, N, D] in the global subspace, zero at the outlier positions
+    context_codes: torch.Tensor  # [B, n_global_atoms] non-negative coefficients of each view's context vector
+    context_amplitude: torch.Tensor  # [B, N] in [0, 1]: how much of the context vector each position carries
 
 
 def _grating_templates(patch: int) -> torch.Tensor:
@@ -131,6 +147,11 @@ class PlantedBackbone:
         self._head_widths = torch.linspace(0.7, 2.0, spec.n_heads)  # Gaussian width in patches
         self._magnitude_weights = torch.randn(n_stats, generator=gen, dtype=torch.float64)
         self._head_content = torch.linspace(0.0, 3.0, spec.n_heads)  # weight of local-content similarity
+        # context field and mix: drawn last, so the draws above are those of v6
+        self._context_waves = torch.randint(-3, 4, (4, 2), generator=gen).double()
+        self._context_waves[self._context_waves.abs().sum(1) == 0] = 1.0
+        self._context_phase_weights = torch.randn(4, n_stats, generator=gen, dtype=torch.float64)
+        self._context_mixing = torch.randn(N_GLOBAL_ATOMS - 1, n_stats, generator=gen, dtype=torch.float64)
 
     @property
     def weights_id(self) -> str:
@@ -200,14 +221,18 @@ class PlantedBackbone:
         grey = grey - grey.mean(-1, keepdim=True)
         return torch.sqrt((grey @ self._templates[0].T) ** 2 + (grey @ self._templates[1].T) ** 2)
 
-    def _outlier_mask(self, stats: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: top-scoring positions of a view-phased random field over the grid."""
-        phases = 2 * math.pi * torch.frac(37.0 * (stats @ self._phase_weights.T))  # [B, waves]
+    def _view_field(self, stats: torch.Tensor, waves: torch.Tensor, phase_weights: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` a few plane waves over the patch grid whose phases come from the whole view's statistics."""
+        phases = 2 * math.pi * torch.frac(37.0 * (stats @ phase_weights.T))  # [B, waves]
         rows, cols = self.grid.rows, self.grid.cols
         r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
                               indexing="ij")
         pos = torch.stack([r.reshape(-1) / rows, c.reshape(-1) / cols], dim=-1)  # [N, 2]
-        field = torch.cos(2 * math.pi * (pos @ self._field_waves.T)[None] + phases[:, None, :]).sum(-1)
+        return torch.cos(2 * math.pi * (pos @ waves.T)[None] + phases[:, None, :]).sum(-1)
+
+    def _outlier_mask(self, stats: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: top-scoring positions of a view-phased random field over the grid."""
+        field = self._view_field(stats, self._field_waves, self._phase_weights)
         top = field.topk(self.n_outliers, dim=-1).indices
         mask = torch.zeros(field.shape, dtype=torch.bool)
         mask.scatter_(1, top, True)
@@ -240,6 +265,23 @@ class PlantedBackbone:
         weights = torch.cat([torch.ones_like(varying[:, :1]), varying], dim=-1)
         return weights / weights.norm(dim=-1, keepdim=True)
 
+    def _context(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each view's context mix ``[B, n_global_atoms]`` and where its positions carry it ``[B, N]``.
+
+        Normal tokens of trained ViTs also carry some view-level context; here a view mixes
+        ``CONTEXT_ATOMS`` of the non-dominant global atoms (chosen by its brightness and contrast),
+        and positions carry it by a second view-phased field: blobs that move when the view shifts,
+        so the features an SAE learns for it are context-dependent (high CDS) and a minority.
+        """
+        scores = self._context_stats(stats) @ self._context_mixing.T  # [B, n_global - 1]
+        chosen = scores.topk(CONTEXT_ATOMS, dim=-1).indices
+        weights = torch.zeros_like(scores).scatter_(1, chosen, 1.0)
+        codes = torch.cat([torch.full_like(scores[:, :1], CONTEXT_DOMINANT), weights], dim=-1)
+        codes = codes / codes.norm(dim=-1, keepdim=True)
+        field = self._view_field(stats, self._context_waves, self._context_phase_weights).clamp(min=0)
+        amplitude = field / field.amax(dim=-1, keepdim=True).clamp(min=1e-12)
+        return codes, torch.where(mask, 0.0, amplitude)
+
     def truth(self, pixels: torch.Tensor) -> PlantedTruth:
         """The planted decomposition of the tokens of ``pixels`` ``[B, 3, S, S]`` (float, [0, 1])."""
         self._check_pixels(pixels)
@@ -255,12 +297,16 @@ class PlantedBackbone:
         magnitude = (0.6 + 0.8 * torch.sigmoid(2.0 * self._context_stats(stats) @ self._magnitude_weights)).float()[:, None]
         global_vector = self.global_norm * magnitude * (global_codes @ self._global_atoms)  # [B, D]
         global_part = mask[..., None].float() * global_vector[:, None, :]
+        context_codes, amplitude = self._context(stats, mask)
+        context_codes, amplitude = context_codes.float(), amplitude.float()
+        context_part = CONTEXT_NORM * amplitude[..., None] * (context_codes @ self._global_atoms)[:, None, :]
         device = pixels.device
         return PlantedTruth(outlier_mask=mask.to(device), local_basis=self._local_basis.to(device),
                             global_basis=self._global_basis.to(device), local_part=local_part.to(device),
                             global_part=global_part.to(device), patch_codes=patch_codes.to(device),
                             local_codes=local_codes.to(device),
-                            global_codes=global_codes.to(device))
+                            global_codes=global_codes.to(device), context_part=context_part.to(device),
+                            context_codes=context_codes.to(device), context_amplitude=amplitude.to(device))
 
     # -- attention ---------------------------------------------------------------------
 
@@ -276,7 +322,12 @@ class PlantedBackbone:
         similarity = unit @ unit.transpose(1, 2)  # [B, N, N]
         width = self._head_widths.view(1, heads, 1, 1)
         content = self._head_content.view(1, heads, 1, 1)
-        local_logits = -dist2 / (2 * width**2) + content * similarity[:, None]  # [B, H, N, N]
+        # a pull toward the view centre, in absolute grid coordinates: the one signal of a normal
+        # query's attention that changes when the same content sits elsewhere in the view
+        centre = torch.tensor([(rows - 1) / 2, (cols - 1) / 2])
+        to_centre = ((pos - centre) ** 2).sum(-1) / (2 * (rows / 2) ** 2)  # [N] keys
+        local_logits = (-dist2 / (2 * width**2) + content * similarity[:, None]
+                        - POSITION_BIAS * to_centre.view(1, 1, 1, n))  # [B, H, N, N]
         outlier_key = mask[:, None, None, :].float()  # [B, 1, 1, N]
         broad_logits = 3.0 * outlier_key.expand(b, heads, n, n)
         query_is_outlier = mask[:, None, :, None]
@@ -291,7 +342,7 @@ class PlantedBackbone:
 
     def forward_layer(self, pixels: torch.Tensor, *, attention: bool = False) -> LayerOutput:
         truth = self.truth(pixels)
-        tokens = truth.local_part + truth.global_part
+        tokens = truth.local_part + truth.context_part + truth.global_part
         global_vector = self.global_norm * (truth.global_codes @ self._global_atoms.to(pixels.device))
         prefix_token = truth.local_part.mean(1) + global_vector  # CLS-like summary of the view
         prefix = prefix_token[:, None, :].expand(-1, self.spec.n_prefix, -1).contiguous()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 
 from tabulate import tabulate
@@ -9,7 +10,8 @@ from tabulate import tabulate
 from scopebench.claims.registry import CLAIMS, PLANTED, Claim, evaluate
 from scopebench.keys import index_of, indexed
 
-_WRAP = 48  # characters per line of the backbones cell
+_WRAP = 25  # characters per line of the backbones cell
+_RELATION_WRAP = 30  # and of the relation cell: id, source, relation and backbones then fit 120 columns
 
 
 def _wrap_names(names: Sequence[str]) -> str:
@@ -85,12 +87,13 @@ def render_claims(claims: Sequence[Claim]) -> str:
     """Summary table of ``claims``, then the paper's numbers behind each claim that has any."""
     if not claims:
         return "(no claims)"
-    summary = tabulate([[c.id, c.source, relation_text(c), _wrap_names(c.backbones)] for c in claims],
+    summary = tabulate([[c.id, c.source, textwrap.fill(relation_text(c), _RELATION_WRAP), _wrap_names(c.backbones)]
+                        for c in claims],
                        headers=["id", "source", "relation", "backbones"], disable_numparse=True)
     parts = [summary, "", "Paper values (holds: the relation on the paper's own numbers):"]
     for claim in claims:
         headers, rows = paper_rows(claim)
-        parts += ["", f"{claim.id} — {claim.statement}"]
+        parts += ["", textwrap.fill(f"{claim.id} — {claim.statement}", 120, subsequent_indent="  ")]
         if rows:
             parts.append(tabulate(rows, headers=headers, disable_numparse=True))
         else:

@@ -5,7 +5,9 @@ from scopebench.analyses.base import Inputs, Unavailable
 from scopebench.analyses.removal_probes.config import TASKS, RemovalProbesConfig
 from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.backbones import get_spec
-from scopebench.analyses.removal_probes.probing import SPLITS, ProbeInputs, classification_metrics, dense_metrics
+from scopebench.analyses.removal_probes.probing import (SPLITS, OriginalProbe, ProbeInputs, ProbeScores,
+                                                       classification_metrics, dense_metrics)
+from scopebench.precision import DEFAULT_PRECISION
 
 
 def _propagation(bench: Inputs, backbone: str, config: RemovalProbesConfig):
@@ -17,6 +19,25 @@ def _propagation(bench: Inputs, backbone: str, config: RemovalProbesConfig):
         raise Unavailable(f"{backbone} has no blocks after its SAE layer to propagate edited tokens through; "
                          "run its removal cases without --propagate")
     return propagate
+
+
+def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProbesConfig) -> OriginalProbe:
+    """The original embedding's probe, kept in the activation store: trained once per backbone and task.
+
+    Its tokens do not depend on the SAE, so every SAE benched on ``backbone`` pairs its
+    removals with the same probe (on the planted default this halves the probe time of a
+    two-SAE bench).
+    """
+    model = bench.backbone(backbone)
+    probe_config = {"cls": config.classification, "seg": config.segmentation, "depth": config.depth}[task]
+    key = {"analysis": "removal_probes.original", "backbone": backbone, "weights": model.weights_id,
+           "layer": model.spec.layer, "task": task, "version": 1,
+           "data": {split: bench.dataset(backbone, f"probe-{task}-{split}").identity for split in SPLITS},
+           "config": probe_config.model_dump(mode="json"), "propagate": config.propagate,
+           "target_size": config.dense_target_size}
+    if bench.precision != DEFAULT_PRECISION:
+        key["precision"] = bench.precision
+    return lambda train: bench.persisted(key, ProbeScores, lambda: ProbeScores.of(train()))
 
 
 def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: RemovalProbesConfig) -> dict[str, float]:
@@ -34,15 +55,18 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
         raise Unavailable(f"removal probes need the low/high-CDS partition, and {sae} on {backbone} has none: "
                           f"{cds.no_partition}")
     propagate = _propagation(bench, backbone, config)
+    # under torchrun the probes train on rank 0 alone, where the store's memo (a collective there) cannot be used
+    original = _original_probe(bench, backbone, task, config) if distributed.world_size() == 1 else None
 
     def probe() -> dict[str, float]:
         if task == "cls":
             return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
-                                          progress=bench.progress, propagate=propagate, bootstrap=config.bootstrap)
+                                          progress=bench.progress, propagate=propagate, bootstrap=config.bootstrap,
+                                          original=original)
         return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
                              has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
                              device=bench.device, progress=bench.progress, propagate=propagate,
-                             bootstrap=config.bootstrap)
+                             bootstrap=config.bootstrap, original=original)
 
     # the inputs above are shared by every rank of a torchrun launch (extraction, the SAE, CDS are split over
     # them); the probes are small and train on rank 0 alone, which hands its scores to the others

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,12 +38,47 @@ from scopebench.probes.standardize import fit_standardize
 from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
 from scopebench.sae.base import SparseAutoencoder
 from scopebench.pipeline.scc import square_resize_map
+from pydantic import BaseModel
 
 SPLITS = ("train", "val", "test")
 PROPAGATE_CHUNK = 32  # images per pass through the remaining blocks
 
 Propagate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EMBEDDINGS = ("original", "high_removed", "low_removed")
+
+
+class ProbeScores(BaseModel):
+    """A trained probe's test metric and per-test-item scores (what each removal's gain is paired with).
+
+    The original embedding does not depend on the SAE (an empty removal returns the tokens
+    exactly), so its probe is trained once per backbone and task and shared by every SAE
+    (:data:`OriginalProbe`); this is the form it is kept in.
+    """
+
+    test_metric: float
+    test_scores: list[Any]  # cls: correct per image; seg: confusion matrix per image; depth: RMSE per image (None: no pixel)
+
+    @classmethod
+    def of(cls, result: Any) -> ProbeScores:
+        scores = result.test_scores
+        values = scores.tolist() if scores.dtype == torch.bool or not scores.is_floating_point() else \
+            [None if v != v else v for v in scores.double().tolist()]
+        return cls(test_metric=float(result.test_metric), test_scores=values)
+
+    def scores(self) -> torch.Tensor:
+        if self.test_scores and isinstance(self.test_scores[0], bool):
+            return torch.tensor(self.test_scores, dtype=torch.bool)
+        if self.test_scores and isinstance(self.test_scores[0], list):
+            return torch.tensor(self.test_scores, dtype=torch.int32)
+        return torch.tensor([float("nan") if v is None else v for v in self.test_scores], dtype=torch.float32)
+
+
+#: ``original(train)``: the original embedding's probe, ``train()`` only when it is not kept already
+OriginalProbe = Callable[[Callable[[], Any]], ProbeScores]
+
+
+def _train_here(train: Callable[[], Any]) -> ProbeScores:
+    return ProbeScores.of(train())
 
 
 @dataclass
@@ -103,7 +139,8 @@ def _edited_and_propagated(tokens: TokenArray, prefix: TokenArray, sae: SparseAu
 def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
                            config: ClassificationConfig, device: torch.device, progress: bool,
                            propagate: Propagate | None = None,
-                           bootstrap: BootstrapConfig = BootstrapConfig()) -> dict[str, float]:
+                           bootstrap: BootstrapConfig = BootstrapConfig(),
+                           original: OriginalProbe | None = None) -> dict[str, float]:
     labels = {split: _targets(inputs[split].dataset, "label", 0) for split in SPLITS}
     if propagate is None:
         pooled = {}
@@ -128,10 +165,13 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
         group = _group(partition, embedding)
         splits = [ClassificationSplit(features(s, group), labels[s]) for s in SPLITS]
         standardizer = standardizer or fit_standardize(splits[0].features)
-        result = train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
-                                            progress=progress, standardizer=standardizer)
-        out[f"cls_top1_{embedding}"] = 100.0 * float(result.test_metric)
-        correct[embedding] = result.test_scores
+
+        def train() -> Any:
+            return train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
+                                              progress=progress, standardizer=standardizer)
+        result = (original or _train_here)(train) if embedding == "original" else ProbeScores.of(train())
+        out[f"cls_top1_{embedding}"] = 100.0 * result.test_metric
+        correct[embedding] = result.scores()
     return {**out, **_gains("cls_top1", "cls_gain", out, correct, resampled_top1, bootstrap)}
 
 
@@ -144,7 +184,8 @@ def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
 def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
                   target_size: int, has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
                   progress: bool, propagate: Propagate | None = None,
-                  bootstrap: BootstrapConfig = BootstrapConfig()) -> dict[str, float]:
+                  bootstrap: BootstrapConfig = BootstrapConfig(),
+                  original: OriginalProbe | None = None) -> dict[str, float]:
     """Segmentation mIoU (``task="seg"``, with each removal's gain and its interval) or depth RMSE
     (``task="depth"``) for the three embeddings.
 
@@ -173,16 +214,23 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         if task == "seg":
             splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
             standardizer = standardizer or fit_standardize(splits[0].tokens)
-            result = train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,
-                                              progress=progress, standardizer=standardizer)
-            out[f"seg_miou_{embedding}"] = 100.0 * float(result.test_metric)
-            confusions[embedding] = result.test_scores
+
+            def train() -> Any:
+                return train_segmentation_probe(*splits, n_classes=n_classes, config=config, device=device,
+                                                progress=progress, standardizer=standardizer)
         else:
             splits = [DepthSplit(edited[s], global_tokens[s], targets[s]) for s in SPLITS]
             standardizer = standardizer or fit_depth_standardize(splits[0])
-            result = train_depth_probe(*splits, config=config, device=device, progress=progress,
-                                       standardizer=standardizer)
-            out[f"depth_rmse_{embedding}"] = float(result.test_metric)
+
+            def train() -> Any:
+                return train_depth_probe(*splits, config=config, device=device, progress=progress,
+                                         standardizer=standardizer)
+        result = (original or _train_here)(train) if embedding == "original" else ProbeScores.of(train())
+        if task == "seg":
+            out[f"seg_miou_{embedding}"] = 100.0 * result.test_metric
+            confusions[embedding] = result.scores()
+        else:
+            out[f"depth_rmse_{embedding}"] = result.test_metric
     if task == "seg":
         out.update(_gains("seg_miou", "seg_gain", out, confusions, resampled_miou, bootstrap))
     return out

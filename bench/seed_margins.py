@@ -1,0 +1,63 @@
+"""Each claim's verdict and margin over several seeds of the same bench run (``make bench-seeds``).
+
+``python bench/seed_margins.py RUN_DIR [RUN_DIR ...]``: every ``RUN_DIR`` holds the result files of one
+``pytest bench -k planted --seed N`` run.  Prints one row per claim: the margin at each seed (how far the
+verdict is from flipping, in the unit of the claim's first quantity; ``*`` marks a failed verdict), the
+smallest margin, and whether the claim held at every seed.  Exits 1 when an asserted claim failed at a seed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from scopebench.results.records import load_result
+
+
+def _verdicts(run: Path) -> dict[tuple[str, str], tuple[bool, bool, float | None]]:
+    """``(result file stem, claim id) -> (passed, asserted, margin)`` of one run's result files."""
+    found = {}
+    for path in sorted(run.glob("*.json")):
+        record = load_result(path)
+        for claim_id, verdict in record.claims.items():
+            found[(path.stem, claim_id)] = (verdict.passed, verdict.asserted, verdict.margin)
+    return found
+
+
+def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None]]]) -> tuple[str, bool]:
+    """The Markdown table of margins per seed, and whether every asserted verdict held."""
+    keys = sorted({key for verdicts in runs.values() for key in verdicts})
+    rows, all_held = [], True
+    for key in keys:
+        cells, margins, held = [], [], True
+        for verdicts in runs.values():
+            if key not in verdicts:
+                cells.append("–")
+                continue
+            passed, asserted, margin = verdicts[key]
+            held &= passed
+            all_held &= passed or not asserted
+            cells.append("nan" if margin is None else f"{margin:.4g}{'' if passed else '*'}")
+            if margin is not None:
+                margins.append(margin)
+        rows.append([key[0], key[1], *cells, f"{min(margins):.4g}" if margins else "–", "yes" if held else "NO"])
+    headers = ["result", "claim", *runs, "min margin", "held at every seed"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), all_held
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="result folders of one bench run each (seed-N)")
+    args = parser.parse_args(argv)
+    missing = [str(run) for run in args.runs if not any(run.glob("*.json"))]
+    if missing:
+        parser.error(f"no result files in {', '.join(missing)}; run the bench with --results-dir there first")
+    table, all_held = render({run.name: _verdicts(run) for run in args.runs})
+    print(table)
+    return 0 if all_held else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

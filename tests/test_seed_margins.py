@@ -1,0 +1,76 @@
+"""bench/seed_margins.py (``make bench-seeds``): each claim's margin per seed, and the exit code on a failure."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "leaderboard" / "results" / "planted__batchtopk.json"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("seed_margins", ROOT / "bench" / "seed_margins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp_path: Path, name: str, edit) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    raw = json.loads(COMMITTED.read_text())
+    edit(raw)
+    (folder / COMMITTED.name).write_text(json.dumps(raw))
+    return folder
+
+
+def _rows(text: str) -> dict[str, dict[str, str]]:
+    """The Markdown (github) table's rows by claim id, split on its pipes."""
+    lines = text.strip().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[1]] = dict(zip(head, cells))
+    return rows
+
+
+def _margins(raw, value=1.5):
+    for verdict in raw["claims"].values():
+        verdict.update(passed=True, margin=value)
+
+
+def test_margins_per_seed_their_minimum_and_a_failure(tmp_path, capsys):
+    seed_margins = _module()
+    claim = "table4.high-cds-minority"
+
+    def flip(raw):
+        _margins(raw, 2.0)
+        raw["claims"][claim].update(passed=False, margin=-3.0, asserted=True)
+    runs = [_run(tmp_path, "seed-0", _margins), _run(tmp_path, "seed-1", flip)]
+    code = seed_margins.main([str(r) for r in runs])
+    rows = _rows(capsys.readouterr().out)
+    assert set(rows) == set(json.loads(COMMITTED.read_text())["claims"])
+    row = rows[claim]
+    assert row["seed-1"] == "-3*" and row["min margin"] == "-3" and row["held at every seed"] == "NO"
+    assert code == 1  # an asserted claim failed at a seed
+    other = next(c for c in rows if c != claim)
+    assert (rows[other]["seed-0"], rows[other]["seed-1"], rows[other]["min margin"]) == ("1.5", "2", "1.5")
+    assert rows[other]["held at every seed"] == "yes"
+
+
+def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, capsys):
+    seed_margins = _module()
+
+    def scored_miss(raw):
+        _margins(raw)
+        raw["claims"]["table4.high-cds-minority"].update(passed=False, margin=-1.0, asserted=False)
+    assert seed_margins.main([str(_run(tmp_path, "seed-0", scored_miss))]) == 0
+    assert "NO" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        seed_margins.main([str(tmp_path / "empty")])
+    assert "no result files in" in capsys.readouterr().err
