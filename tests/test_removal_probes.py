@@ -11,8 +11,9 @@ from scopebench.analyses.cds.partition import Partition
 from scopebench.probes.config import ClassificationConfig, SegmentationConfig
 from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.analyses.removal_probes.removal import remove_group
-from scopebench.analyses.removal_probes.probing import PROPAGATE_CHUNK, ProbeInputs, _edited_and_propagated, _targets, \
-    classification_metrics, dense_metrics
+from scopebench.analyses.removal_probes.probing import (PROPAGATE_CHUNK, ProbeInputs, ProbeScores,
+                                                       _edited_and_propagated, _targets, classification_metrics,
+                                                       dense_metrics)
 from scopebench.suite.workbench import Unavailable, Workbench
 from tiny_sae import ReluSAE
 
@@ -163,3 +164,39 @@ def test_dense_targets_keep_labels_and_depths_beyond_pixel_range() -> None:
     # halving keeps the pixel under each output cell's centre: rows and columns 1, 3, 5, 7
     torch.testing.assert_close(depth, torch.linspace(0.5, 9.5, 64).reshape(8, 8)[1::2, 1::2])
     assert labels.tolist() == (torch.arange(64).reshape(8, 8) % 5 - 1)[1::2, 1::2].tolist()
+
+
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_the_original_probe_is_trained_once_and_a_kept_one_gives_the_same_scores(sae, splits, groups, cls_scores,
+                                                                                  seg_scores, task) -> None:
+    """The original embedding does not depend on the SAE: a second SAE pairs its removals with the kept probe
+    (through its JSON form, as the activation store keeps it) and gets every score of a fresh run."""
+    kept: list[ProbeScores] = []
+
+    def keep(train):
+        if not kept:
+            kept.append(ProbeScores.model_validate_json(ProbeScores.of(train()).model_dump_json()))
+        return kept[0]
+    if task == "cls":
+        config = ClassificationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05))
+        run = lambda: classification_metrics(sae, groups, splits, config=config, original=keep, **PROBE_RUN)  # noqa: E731
+        fresh = cls_scores["at_layer"]
+    else:
+        config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
+        run = lambda: dense_metrics("seg", sae, groups, splits, target_size=4, has_cls=True, config=config,  # noqa: E731
+                                    original=keep, **PROBE_RUN)
+        fresh = seg_scores["at_layer"]
+    assert run() == fresh and run() == fresh  # trained on the first call, read back on the second
+    assert len(kept) == 1
+
+
+def test_probe_scores_keep_every_kind_of_per_item_score_exactly() -> None:
+    class Result:
+        def __init__(self, scores):
+            self.test_metric, self.test_scores = 0.25, scores
+    for scores in (torch.tensor([True, False, True]), torch.arange(2 * 3 * 3, dtype=torch.int32).reshape(2, 3, 3),
+                   torch.tensor([0.5, float("nan"), 1.0 / 3.0], dtype=torch.float32)):
+        back = ProbeScores.model_validate_json(ProbeScores.of(Result(scores)).model_dump_json()).scores()
+        assert back.dtype == scores.dtype
+        assert torch.equal(back, scores) if not scores.is_floating_point() else \
+            torch.equal(back.isnan(), scores.isnan()) and torch.equal(back[~back.isnan()], scores[~scores.isnan()])
