@@ -256,6 +256,12 @@ PAPER_BOUNDS: dict[str, float] = {
 #: low-CDS harm (+7.2% RMSE on CLIP-B/16), so "close" and "clearly worse" cannot both hold.
 HIGH_REMOVAL_CLOSE = 0.05
 
+#: Why the planted instrument does not show that removing the high-CDS features improves classification
+#: (measured 2026-12-01 on planted v7, BatchTopK): its view-level context costs the linear probe about half a point.
+_PLANTED_CLS_GAIN_MISS = ("the planted context costs the linear probe only about half a point (BatchTopK seed 2 on "
+                          "2048 test scenes: +0.54, interval -0.44 to +1.51), below what the bench's 512 test scenes "
+                          "resolve (+1.8 to +2.2 at seeds 0-2, interval lower end 0.0 to 0.4)")
+
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
 _CLIP = ("clip-b16", "clip-l14", "clip-l14-336")
 _BASE_OTHERS = ("dinov2-b", "deit3-b", "siglip2-b")
@@ -322,7 +328,7 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("table3.cls-high-removal-improves", "Table 3", "removal_probes",
            "Removing high-CDS features improves classification accuracy: the paired-bootstrap interval of the gain "
            "over test images lies above zero.",
-           _CLIP[:2], Relation(a="cls_gain_high_removed_lo", op=">", b=0.0)),
+           _CLIP[:2], Relation(a="cls_gain_high_removed_lo", op=">", b=0.0), planted_miss=_PLANTED_CLS_GAIN_MISS),
     _claim("table8.seg-low-removal-hurts-more", "Table 8", "removal_probes",
            "Beyond CLIP, removing low-CDS features lowers segmentation mIoU more than removing high-CDS ones.",
            _BASE_OTHERS, Relation(a="seg_miou_low_removed", op="<", b="seg_miou_high_removed")),
@@ -348,7 +354,7 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("figure8.cls-high-removal-improves", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing high-CDS features improves classification accuracy (the "
            "paired-bootstrap interval of the gain lies above zero).",
-           _OTHERS, Relation(a="cls_gain_high_removed_lo", op=">", b=0.0)),
+           _OTHERS, Relation(a="cls_gain_high_removed_lo", op=">", b=0.0), planted_miss=_PLANTED_CLS_GAIN_MISS),
     _claim("figure8.cls-low-removal-hurts", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing low-CDS features lowers classification accuracy.",
            _OTHERS, Relation(a="cls_top1_low_removed", op="<", b="cls_top1_original")),
