@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from scopebench.claims.registry import CLAIMS_BY_ID
+from scopebench.cli.claims import relation_text
 from scopebench.results.records import load_result
 
 
@@ -42,8 +44,12 @@ def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None]
             cells.append("nan" if margin is None else f"{margin:.4g}{'' if passed else '*'}")
             if margin is not None:
                 margins.append(margin)
-        rows.append([key[0], key[1], *cells, f"{min(margins):.4g}" if margins else "–", "yes" if held else "NO"])
-    headers = ["result", "claim", *runs, "min margin", "held at every seed"]
+        claim = CLAIMS_BY_ID.get(key[1])
+        relation = "–" if claim is None else relation_text(claim)
+        known = claim is not None and claim.planted_miss is not None and key[0].split("__")[0] == "planted"
+        verdict = "yes" if held else ("known planted miss" if known else "NO")
+        rows.append([key[0], key[1], relation, *cells, f"{min(margins):.4g}" if margins else "–", verdict])
+    headers = ["result", "claim", "relation", *runs, "min margin", "held at every seed"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), all_held
 
 

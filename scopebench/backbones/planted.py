@@ -155,7 +155,7 @@ class PlantedBackbone:
 
     @property
     def weights_id(self) -> str:
-        """``planted:v6:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
+        """``planted:v7:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
                  "topk": (self.texture_top_k, TEXTURE_TOP_K),
                  "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE),
