@@ -1,9 +1,10 @@
 """Each claim's verdict and margin over several seeds of the same bench run (``make bench-seeds``).
 
 ``python bench/seed_margins.py RUN_DIR [RUN_DIR ...]``: every ``RUN_DIR`` holds the result files of one
-``pytest bench -k planted --seed N`` run.  Prints one row per claim: the margin at each seed (how far the
-verdict is from flipping, in the unit of the claim's first quantity; ``*`` marks a failed verdict), the
-smallest margin, and whether the claim held at every seed.  Exits 1 when an asserted claim failed at a seed.
+``pytest bench -k planted --seed N`` run.  Prints one row per claim: its relation, the values measured in
+the first run, the margin at each seed (how far the verdict is from flipping, in the unit of the claim's
+first quantity; ``*`` marks a failed verdict), the smallest margin, and whether the claim held at every
+seed (a failure of a claim the registry records as a known planted miss is named so).  Exits 1 when an asserted claim failed at a seed.
 """
 from __future__ import annotations
 
@@ -18,27 +19,36 @@ from scopebench.cli.claims import relation_text
 from scopebench.results.records import load_result
 
 
-def _verdicts(run: Path) -> dict[tuple[str, str], tuple[bool, bool, float | None]]:
-    """``(result file stem, claim id) -> (passed, asserted, margin)`` of one run's result files."""
+def _values(measured: dict[str, float | None]) -> str:
+    """The measured values of a verdict, compactly (an indexed relation: its first and last index)."""
+    keys = list(measured) if len(measured) <= 2 else [next(iter(measured)), list(measured)[-1]]
+    text = ", ".join(f"{k}={'nan' if measured[k] is None else format(measured[k], '.4g')}" for k in keys)
+    return text if len(measured) <= 2 else f"{text} ({len(measured)} values)"
+
+
+def _verdicts(run: Path) -> dict[tuple[str, str], tuple[bool, bool, float | None, str]]:
+    """``(result file stem, claim id) -> (passed, asserted, margin, measured values)`` of one run's result files."""
     found = {}
     for path in sorted(run.glob("*.json")):
         record = load_result(path)
         for claim_id, verdict in record.claims.items():
-            found[(path.stem, claim_id)] = (verdict.passed, verdict.asserted, verdict.margin)
+            found[(path.stem, claim_id)] = (verdict.passed, verdict.asserted, verdict.margin,
+                                            _values(verdict.measured))
     return found
 
 
-def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None]]]) -> tuple[str, bool]:
+def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None, str]]]) -> tuple[str, bool]:
     """The Markdown table of margins per seed, and whether every asserted verdict held."""
     keys = sorted({key for verdicts in runs.values() for key in verdicts})
     rows, all_held = [], True
+    first = next(iter(runs))
     for key in keys:
         cells, margins, held = [], [], True
         for verdicts in runs.values():
             if key not in verdicts:
                 cells.append("–")
                 continue
-            passed, asserted, margin = verdicts[key]
+            passed, asserted, margin, _ = verdicts[key]
             held &= passed
             all_held &= passed or not asserted
             cells.append("nan" if margin is None else f"{margin:.4g}{'' if passed else '*'}")
@@ -48,8 +58,10 @@ def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None]
         relation = "–" if claim is None else relation_text(claim)
         known = claim is not None and claim.planted_miss is not None and key[0].split("__")[0] == "planted"
         verdict = "yes" if held else ("known planted miss" if known else "NO")
-        rows.append([key[0], key[1], relation, *cells, f"{min(margins):.4g}" if margins else "–", verdict])
-    headers = ["result", "claim", "relation", *runs, "min margin", "held at every seed"]
+        values = runs[first][key][3] if key in runs[first] else "–"
+        rows.append([key[0], key[1], relation, values, *cells, f"{min(margins):.4g}" if margins else "–", verdict])
+    headers = ["result", "claim", "relation", f"measured ({first})", *(f"margin {run}" for run in runs),
+               "min margin", "held at every seed"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), all_held
 
 

@@ -55,10 +55,12 @@ def test_margins_per_seed_their_minimum_and_a_failure(tmp_path, capsys):
     rows = _rows(capsys.readouterr().out)
     assert set(rows) == set(json.loads(COMMITTED.read_text())["claims"])
     row = rows[claim]
-    assert row["seed-1"] == "-3*" and row["min margin"] == "-3" and row["held at every seed"] == "NO"
+    assert row["margin seed-1"] == "-3*" and row["min margin"] == "-3" and row["held at every seed"] == "NO"
+    measured = json.loads(COMMITTED.read_text())["claims"][claim]["measured"]
+    assert row["measured (seed-0)"] == ", ".join(f"{k}={v:.4g}" for k, v in measured.items())
     assert code == 1  # an asserted claim failed at a seed
     other = next(c for c in rows if c != claim)
-    assert (rows[other]["seed-0"], rows[other]["seed-1"], rows[other]["min margin"]) == ("1.5", "2", "1.5")
+    assert (rows[other]["margin seed-0"], rows[other]["margin seed-1"], rows[other]["min margin"]) == ("1.5", "2", "1.5")
     assert rows[other]["held at every seed"] == "yes"
 
 
