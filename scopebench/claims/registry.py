@@ -278,9 +278,9 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("table6.outliers-fewer-latents", "Table 6", "reconstruction",
            "Outlier tokens are reconstructed from fewer active latents than the average token (every row).",
            _ALL_REAL, Relation(a="l0_o", op="<", b="l0_a"),
-           planted_miss="BatchTopK spreads each planted outlier over 120-270 latents whose decoders are mixed "
-                        "(cosine ~0.15 with the outlier direction), alike with identical outliers, lr 3e-4, 4x "
-                        "the training, k 4-30 and expansion 8-32 (README, fidelity table)"),
+           planted_miss="BatchTopK gives each planted outlier 5-16x the average token's latents, with mixed "
+                        "decoders (cosine ~0.15 with the outlier direction), alike with identical outliers, lr 3e-4, "
+                        "4x the training, k 4-30 and expansion 8-32 (README, fidelity table)"),
     _claim("table4.high-cds-minority", "Table 4", "cds",
            "Features with high contextual dependency are fewer than features with low dependency.",
            _CLIP, Relation(a="n_high", op="<", b="n_low")),
