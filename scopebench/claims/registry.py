@@ -260,7 +260,7 @@ HIGH_REMOVAL_CLOSE = 0.05
 #: (measured 2026-12-01 on planted v7, BatchTopK): its view-level context costs the linear probe about half a point.
 _PLANTED_CLS_GAIN_MISS = ("the planted context costs the linear probe only about half a point (BatchTopK seed 2 on "
                           "2048 test scenes: +0.54, interval -0.44 to +1.51), below what the bench's 512 test scenes "
-                          "resolve (+1.8 to +2.2 at seeds 0-2, interval lower end 0.0 to 0.4)")
+                          "resolve (+1.8 to +2.2 at seeds 0-2, interval lower end -0.6 to 0.4 over four runs)")
 
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
 _CLIP = ("clip-b16", "clip-l14", "clip-l14-336")

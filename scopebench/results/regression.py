@@ -58,8 +58,15 @@ def spread_tolerances(runs: Sequence[Sequence[ResultRecord]]) -> dict[str, Any]:
             spread = max((abs(v - base) for v in others if v is not None), default=0.0)
             quantities[f"{key[0]}/{key[1]}/{name}"] = {
                 "spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
+    verdicts: dict[str, set[bool]] = {}
+    for run in runs:
+        for record in run:
+            for claim, verdict in record.claims.items():
+                verdicts.setdefault(f"{record.backbone.name}/{_label(record)}/{claim}", set()).add(verdict.passed)
     return {"method": f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
-                      f"{REL_FLOOR:g} x |baseline|)", "seeds": len(runs), "quantities": quantities}
+                      f"{REL_FLOOR:g} x |baseline|)", "seeds": len(runs), "quantities": quantities,
+            # verdicts the seeds themselves disagree on: their flip is within the spread, not a regression
+            "unstable_verdicts": sorted(key for key, seen in verdicts.items() if len(seen) > 1)}
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,10 @@ class Drift:
     tolerance: float | str
 
 
-def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any]) -> list[Drift]:
-    """What moved beyond its tolerance, went missing, or flipped its verdict."""
+def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any],
+            unstable: frozenset[str] = frozenset()) -> list[Drift]:
+    """What moved beyond its tolerance, went missing, or flipped its verdict (unless the seeds already disagreed on
+    it: ``unstable``, keys ``backbone/SAE/claim``)."""
     who = f"{now.backbone.name}/{_label(now)}"
     drifts = []
     current = _quantities(now)
@@ -86,6 +95,8 @@ def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any]) -
             drifts.append(Drift(who, name, value, current[name], current[name] - value, tolerance))
     for claim, verdict in base.claims.items():
         found = now.claims.get(claim)
+        if found is not None and f"{who}/{claim}" in unstable:
+            continue
         if found is None or found.passed != verdict.passed:
             held = {True: "held", False: "not held", None: "not checked"}
             drifts.append(Drift(who, f"claim {claim}", held[verdict.passed],
@@ -95,7 +106,7 @@ def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any]) -
 
 def compare_dirs(records: Iterable[ResultRecord], baseline_dir: Path) -> tuple[bool, str]:
     """Compare each record with its baseline file; ``(passed, readable report)``."""
-    tolerances = _read_tolerances(baseline_dir)
+    tolerances, unstable = _read_tolerances(baseline_dir)
     drifts, compared, missing = [], 0, []
     for record in records:
         path = result_path(baseline_dir, record.backbone.name, record.sae.name if record.sae else None)
@@ -111,7 +122,7 @@ def compare_dirs(records: Iterable[ResultRecord], baseline_dir: Path) -> tuple[b
                            f"{record.backbone.precision}: pass the baseline's --precision)")
             continue
         compared += 1
-        drifts += compare(record, base, tolerances)
+        drifts += compare(record, base, tolerances, unstable)
     lines = [f"scopebench regression against {baseline_dir}: {compared} records compared"]
     if missing:
         lines.append(f"no baseline for {', '.join(missing)}; make one with --baseline DIR --update-baseline")
@@ -129,13 +140,14 @@ def _fmt(value: float | str) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _read_tolerances(baseline_dir: Path) -> dict[str, Any]:
+def _read_tolerances(baseline_dir: Path) -> tuple[dict[str, Any], frozenset[str]]:
+    """The baseline's tolerance per quantity and the verdicts its seeds disagreed on."""
     path = Path(baseline_dir) / TOLERANCES_FILE
     if not path.is_file():
-        return {}
+        return {}, frozenset()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return dict(data["quantities"])
+        return dict(data["quantities"]), frozenset(data.get("unstable_verdicts", ()))
     except (ValueError, KeyError, TypeError) as err:
         raise ResultFileError(f"{path}: not a tolerances file ({err}); write it with `scopebench tolerances`") from None
 
