@@ -8,8 +8,15 @@ entries written before the option existed keep their keys.
 """
 from __future__ import annotations
 
+from typing import Any
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_PRECISION = "fp32"
+
+
+def with_precision(key: dict[str, Any], precision: str) -> dict[str, Any]:
+    """``key`` with ``precision`` in it unless it is the default: keys written before the option keep their form."""
+    return key if precision == DEFAULT_PRECISION else {**key, "precision": precision}
 
 
 def check_precision(value: str) -> str:

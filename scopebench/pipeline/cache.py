@@ -45,7 +45,7 @@ import numpy as np
 from filelock import FileLock
 
 from scopebench.atomic import atomic_write, write_json_atomic
-from scopebench.precision import DEFAULT_PRECISION, check_precision
+from scopebench.precision import DEFAULT_PRECISION, check_precision, with_precision
 from scopebench.pipeline.sealed import (SEAL_NAME, FileDigest, Seal, SealBroken, check_file, read_seal, safe_relative,
                                sha256_file, write_seal)
 
@@ -175,9 +175,8 @@ class CacheKey:
     def as_dict(self) -> dict[str, Any]:
         """The key's fields, without ``precision`` when it is the default: fp32 keys (and folders) predate the field."""
         fields = asdict(self)
-        if fields["precision"] == DEFAULT_PRECISION:
-            del fields["precision"]
-        return fields
+        precision = fields.pop("precision")
+        return with_precision(fields, precision)
 
     def canonical_json(self) -> str:
         return canonical_json(self.as_dict())

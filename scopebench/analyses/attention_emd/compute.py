@@ -12,7 +12,7 @@ from scopebench.analyses.attention_emd.accumulator import AttentionEMDAccumulato
 from scopebench.pipeline.extract import iter_forward, scc_views
 from scopebench.analyses.outliers import outlier_mask
 from scopebench.pipeline.scc import overlap_index
-from scopebench.precision import DEFAULT_PRECISION
+from scopebench.precision import with_precision
 
 
 def shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDConfig) -> ShiftEMD:
@@ -21,9 +21,9 @@ def shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDConf
     key = {"analysis": "attention_emd", "backbone": backbone, "weights": model.weights_id, "layer": model.spec.layer,
            "data": data.identity, "shift": shift, "tau": tau, "version": 2,
            "config": config.model_dump(mode="json", exclude={"shifts"})}
-    if bench.precision != DEFAULT_PRECISION:  # fp32 memos keep the keys they had before the option
-        key["precision"] = bench.precision
-    return bench.persisted(key, ShiftEMD, lambda: _shift_emd(bench, backbone, shift, config))
+    # fp32 memos keep the keys they had before the option
+    return bench.persisted(with_precision(key, bench.precision), ShiftEMD,
+                           lambda: _shift_emd(bench, backbone, shift, config))
 
 
 def _shift_emd(bench: Inputs, backbone: str, shift: int, config: AttentionEMDConfig) -> ShiftEMD:

@@ -7,7 +7,7 @@ from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.backbones import get_spec
 from scopebench.analyses.removal_probes.probing import (SPLITS, OriginalProbe, ProbeInputs, ProbeScores,
                                                        classification_metrics, dense_metrics)
-from scopebench.precision import DEFAULT_PRECISION
+from scopebench.precision import with_precision
 
 
 def _propagation(bench: Inputs, backbone: str, config: RemovalProbesConfig):
@@ -21,22 +21,20 @@ def _propagation(bench: Inputs, backbone: str, config: RemovalProbesConfig):
     return propagate
 
 
-def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProbesConfig) -> OriginalProbe:
+def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProbesConfig,
+                    inputs: dict[str, ProbeInputs]) -> OriginalProbe:
     """The original embedding's probe, kept in the activation store: trained once per backbone and task.
 
-    Its tokens do not depend on the SAE, so every SAE benched on ``backbone`` pairs its
-    removals with the same probe (on the planted default this halves the probe time of a
-    two-SAE bench).
+    Its tokens do not depend on the SAE, so every SAE benched on ``backbone`` after the first
+    pairs its removals with the same probe and trains two probes per task instead of three.
     """
     model = bench.backbone(backbone)
-    probe_config = {"cls": config.classification, "seg": config.segmentation, "depth": config.depth}[task]
     key = {"analysis": "removal_probes.original", "backbone": backbone, "weights": model.weights_id,
            "layer": model.spec.layer, "task": task, "version": 1,
-           "data": {split: bench.dataset(backbone, f"probe-{task}-{split}").identity for split in SPLITS},
-           "config": probe_config.model_dump(mode="json"), "propagate": config.propagate,
+           "data": {split: inputs[split].dataset.identity for split in SPLITS},
+           "config": config.probe(task).model_dump(mode="json"), "propagate": config.propagate,
            "target_size": config.dense_target_size}
-    if bench.precision != DEFAULT_PRECISION:
-        key["precision"] = bench.precision
+    key = with_precision(key, bench.precision)
     return lambda train: bench.persisted(key, ProbeScores, lambda: ProbeScores.of(train()))
 
 
@@ -56,7 +54,7 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
                           f"{cds.no_partition}")
     propagate = _propagation(bench, backbone, config)
     # under torchrun the probes train on rank 0 alone, where the store's memo (a collective there) cannot be used
-    original = _original_probe(bench, backbone, task, config) if distributed.world_size() == 1 else None
+    original = _original_probe(bench, backbone, task, config, inputs) if distributed.world_size() == 1 else None
 
     def probe() -> dict[str, float]:
         if task == "cls":
@@ -64,7 +62,7 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
                                           progress=bench.progress, propagate=propagate, bootstrap=config.bootstrap,
                                           original=original)
         return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
-                             has_cls=spec.has_cls, config=config.segmentation if task == "seg" else config.depth,
+                             has_cls=spec.has_cls, config=config.probe(task),
                              device=bench.device, progress=bench.progress, propagate=propagate,
                              bootstrap=config.bootstrap, original=original)
 

@@ -39,6 +39,10 @@ class RemovalProbesConfig(AnalysisConfig):
             raise ValueError(f"task_images: every (train, val, test) count must be > 0, got {value}")
         return value
 
+    def probe(self, task: str) -> ClassificationConfig | SegmentationConfig | DepthConfig:
+        """The probe config of ``task`` (cls / seg / depth)."""
+        return {"cls": self.classification, "seg": self.segmentation, "depth": self.depth}[task]
+
     def images(self, task: str, split: str) -> int:
         """Images of one probe split (``task`` in cls / seg / depth, ``split`` in train / val / test)."""
         counts = self.task_images.get(task, (self.train_images, self.val_images, self.test_images))

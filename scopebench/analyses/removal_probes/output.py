@@ -26,8 +26,10 @@ def _field(score: str, embedding: str) -> Any:
 
 def low_removal_gap(values: Mapping[str, Any]) -> float | None:
     """``cls_top1_original - cls_top1_low_removed``: the accuracy that removing the low-CDS features costs."""
-    original, removed = values.get("cls_top1_original"), values.get("cls_top1_low_removed")
-    return None if original is None or removed is None else original - removed
+    delta = _delta("cls_top1", "low")(values)
+    return None if delta is None else -delta
+
+
 def _gain(score: str, removal: str, end: str | None = None) -> Any:
     """A removal's gain (removed - original) or one end ("lower" / "upper") of its bootstrap interval."""
     if end is None:
@@ -58,8 +60,6 @@ class RemovalProbesOutput(AnalysisOutput):
     cls_top1_low_removal_gap: Optional[float] = quantity(
         "top-1 accuracy lost by removing the low-CDS features, cls_top1_original - cls_top1_low_removed (Figure 8's "
         "gap)", "percent", default=None)
-
-    DERIVED: ClassVar[dict[str, Any]] = {"cls_top1_low_removal_gap": low_removal_gap}
     cls_gain_high_removed: Optional[float] = _gain("cls_top1", "high_removed")
     cls_gain_high_removed_lo: Optional[float] = _gain("cls_top1", "high_removed", "lower")
     cls_gain_high_removed_hi: Optional[float] = _gain("cls_top1", "high_removed", "upper")
@@ -72,6 +72,8 @@ class RemovalProbesOutput(AnalysisOutput):
     seg_gain_low_removed: Optional[float] = _gain("seg_miou", "low_removed")
     seg_gain_low_removed_lo: Optional[float] = _gain("seg_miou", "low_removed", "lower")
     seg_gain_low_removed_hi: Optional[float] = _gain("seg_miou", "low_removed", "upper")
+
+    DERIVED: ClassVar[dict[str, Any]] = {"cls_top1_low_removal_gap": low_removal_gap}
 
     #: (removed) - (original) in the probe's unit
     DERIVED_COLUMNS: ClassVar[dict[str, Any]] = {

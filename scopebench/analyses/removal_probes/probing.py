@@ -61,7 +61,7 @@ class ProbeScores(BaseModel):
     @classmethod
     def of(cls, result: Any) -> ProbeScores:
         scores = result.test_scores
-        values = scores.tolist() if scores.dtype == torch.bool or not scores.is_floating_point() else \
+        values = scores.tolist() if not scores.is_floating_point() else \
             [None if v != v else v for v in scores.double().tolist()]
         return cls(test_metric=float(result.test_metric), test_scores=values)
 
@@ -77,8 +77,14 @@ class ProbeScores(BaseModel):
 OriginalProbe = Callable[[Callable[[], Any]], ProbeScores]
 
 
-def _train_here(train: Callable[[], Any]) -> ProbeScores:
-    return ProbeScores.of(train())
+def _test_scores(embedding: str, train: Callable[[], Any], original: OriginalProbe | None
+                 ) -> tuple[float, torch.Tensor]:
+    """The test metric and per-item test scores of ``embedding``'s probe; the original one through ``original``."""
+    if embedding == "original" and original is not None:
+        kept = original(train)
+        return kept.test_metric, kept.scores()
+    result = train()
+    return float(result.test_metric), result.test_scores
 
 
 @dataclass
@@ -169,9 +175,8 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
         def train() -> Any:
             return train_classification_probe(*splits, n_classes=n_classes, config=config, device=device,
                                               progress=progress, standardizer=standardizer)
-        result = (original or _train_here)(train) if embedding == "original" else ProbeScores.of(train())
-        out[f"cls_top1_{embedding}"] = 100.0 * result.test_metric
-        correct[embedding] = result.scores()
+        metric, correct[embedding] = _test_scores(embedding, train, original)
+        out[f"cls_top1_{embedding}"] = 100.0 * metric
     return {**out, **_gains("cls_top1", "cls_gain", out, correct, resampled_top1, bootstrap)}
 
 
@@ -225,12 +230,12 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
             def train() -> Any:
                 return train_depth_probe(*splits, config=config, device=device, progress=progress,
                                          standardizer=standardizer)
-        result = (original or _train_here)(train) if embedding == "original" else ProbeScores.of(train())
+        metric, scores = _test_scores(embedding, train, original)
         if task == "seg":
-            out[f"seg_miou_{embedding}"] = 100.0 * result.test_metric
-            confusions[embedding] = result.scores()
+            out[f"seg_miou_{embedding}"] = 100.0 * metric
+            confusions[embedding] = scores
         else:
-            out[f"depth_rmse_{embedding}"] = result.test_metric
+            out[f"depth_rmse_{embedding}"] = metric
     if task == "seg":
         out.update(_gains("seg_miou", "seg_gain", out, confusions, resampled_miou, bootstrap))
     return out
