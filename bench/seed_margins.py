@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from scopebench.claims.registry import CLAIMS_BY_ID
+from scopebench.claims.registry import CLAIMS_BY_ID, is_known_miss
 from scopebench.cli.claims import relation_text
 from scopebench.results.records import load_result
 
@@ -56,7 +56,7 @@ def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None,
                 margins.append(margin)
         claim = CLAIMS_BY_ID.get(key[1])
         relation = "–" if claim is None else relation_text(claim)
-        known = claim is not None and claim.planted_miss is not None and key[0].split("__")[0] == "planted"
+        known = is_known_miss(key[1], key[0].split("__")[0])
         verdict = "yes" if held else ("known planted miss" if known else "NO")
         values = runs[first][key][3] if key in runs[first] else "–"
         rows.append([key[0], key[1], relation, values, *cells, f"{min(margins):.4g}" if margins else "–", verdict])

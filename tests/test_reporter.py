@@ -347,3 +347,36 @@ def test_family_claim_is_recorded_once_in_the_largest_sizes_record(tmp_path: Pat
     verdict = scored.record_family(claim, "deit3", widening)
     assert not verdict.passed and not verdict.fails_run and verdict.margin == -4.0  # another SAE: scored
     assert scored._session.rows[0].verdict == "missed"
+
+
+def _reconstruction_result(backbone: str, l0_o: float):
+    from scopebench.analyses import ReconstructionOutput
+    from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, SAEInfo, output_json
+
+    output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.95, l0_a=30.0, l0_o=l0_o)
+    return AnalysisResult(analysis="reconstruction", backbone=BackboneInfo(name=backbone),
+                          sae=SAEInfo(name="batchtopk", checkpoint_sha256="feed"),
+                          record=AnalysisRecord(config={}, output=output_json(output)), output=output, device="cpu")
+
+
+def test_a_known_planted_miss_reads_known_miss_and_a_repeated_check_shows_once() -> None:
+    from scopebench.plugin.reporter import ClaimReport, SessionClaims
+
+    session = SessionClaims()
+    first = ClaimReport(session, "bench/a.py::test[planted]", paper_sae="batchtopk")
+    verdicts = first.record(_reconstruction_result("planted", l0_o=200.0))
+    first.assert_held(*verdicts)  # the known miss does not fail the case
+    labels = {row.claim: row.verdict for row in session.rows}
+    assert labels["table6.outliers-fewer-latents"] == "known miss"
+    assert labels["table6.outliers-reconstructed-better"] == "PASS"
+    n_rows = len(session.rows)
+    # a second case checking the same measurement (Table 7's s=1 inside Table 9) adds no row
+    ClaimReport(session, "bench/b.py::test[planted]", paper_sae="batchtopk").record(
+        _reconstruction_result("planted", l0_o=200.0))
+    assert len(session.rows) == n_rows
+    # a different measurement of the same claim is a row of its own, and on a real backbone the miss fails
+    real = ClaimReport(session, "bench/a.py::test[dinov2-b]", paper_sae="batchtopk")
+    verdicts = real.record(_reconstruction_result("dinov2-b", l0_o=200.0))
+    assert [row.verdict for row in session.rows[n_rows:] if row.claim == "table6.outliers-fewer-latents"] == ["FAIL"]
+    with pytest.raises(AssertionError, match="l0_o < l0_a fails"):
+        real.assert_held(*verdicts)

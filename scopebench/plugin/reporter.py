@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from scopebench import distributed
-from scopebench.claims.registry import Claim, FamilyClaim, Verdict, check_all, compared_keys, evaluate, size_series
+from scopebench.claims.registry import (
+    Claim, FamilyClaim, Verdict, check_all, compared_keys, evaluate, scored, size_series,
+)
 from scopebench.results.leaderboard import build_frame, load_results, render_text
 from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
@@ -43,7 +45,9 @@ class CaseRow:
     sae: str
     measured: dict[str, float]
     paper: dict[str, float]
-    verdict: str  # PASS / FAIL (asserted: the SAE under test), held / missed (scored, leaderboard mode), SKIP
+    # PASS / FAIL (asserted: the SAE under test), held / missed (scored, leaderboard mode), known miss (a missed
+    # claim the backbone is known not to show: Claim.known_miss), SKIP
+    verdict: str
     detail: str = ""
     margin: float | None = None  # the verdict's margin (scopebench.claims.registry); None: no verdict, or NaN
 
@@ -113,7 +117,7 @@ class ClaimReport:
         by_name = {r.backbone.name: r for r in results}
         series = size_series(claim, family, {name: r.output.quantities() for name, r in by_name.items()})
         largest = by_name[max(by_name, key=order.index)]
-        verdict = evaluate(claim, series).model_copy(update={"asserted": self._asserted(largest)})
+        verdict = scored(claim, evaluate(claim, series), largest.backbone.name, self._asserted(largest))
         sizes = ", ".join(f"{i}={name}" for i, name in enumerate(order) if name in by_name)
         verdict = verdict.model_copy(update={"detail": f"{verdict.detail} (sizes: {sizes})"})
         self._store(self._pending(largest), claim, verdict, series)
@@ -139,16 +143,27 @@ class ClaimReport:
         pending.claims[claim.id] = ClaimVerdict(passed=verdict.passed, detail=verdict.detail, source=claim.source,
                                                 measured=values, paper=compared_paper, asserted=verdict.asserted,
                                                 margin=margin)
-        label = (("PASS" if verdict.passed else "FAIL") if verdict.asserted
-                 else ("held" if verdict.passed else "missed"))
-        self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
-                                          label, verdict.detail, margin))
+        if verdict.asserted:
+            label = "PASS" if verdict.passed else "FAIL"
+        else:
+            label = "held" if verdict.passed else ("known miss" if claim.known_miss(backbone) else "missed")
+        row = CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper, label, verdict.detail,
+                      margin)
+        # two cases may check the same claim on the same measurement (Table 7's s=1 is part of Table 9's output):
+        # the summary shows it once
+        if not any(_same_check(row, seen) for seen in self._session.rows):
+            self._session.rows.append(row)
 
     @staticmethod
     def assert_held(*verdicts: Verdict) -> None:
         """Fail the case on any asserted claim that did not hold (scored ones are only recorded)."""
         failed = [v.detail for v in verdicts if v.fails_run]
         assert not failed, "; ".join(failed)
+
+
+def _same_check(a: CaseRow, b: CaseRow) -> bool:
+    """Same claim, backbone, SAE, verdict and measured values: the second row would repeat the first."""
+    return (a.claim, a.backbone, a.sae, a.verdict, a.measured) == (b.claim, b.backbone, b.sae, b.verdict, b.measured)
 
 
 def pytest_configure(config: pytest.Config) -> None:

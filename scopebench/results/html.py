@@ -27,6 +27,7 @@ from itables.javascript import generate_init_offline_itables_html
 from itables.typing import JavascriptFunction
 
 from scopebench.analyses import ANALYSES, quantity_catalogue
+from scopebench.claims.registry import is_known_miss
 from scopebench.atomic import write_text_atomic
 from scopebench.keys import index_of
 from scopebench.results.leaderboard import (
@@ -62,7 +63,7 @@ h2 { border-bottom: 2px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table.plain { border-collapse: collapse; margin: .5em 0; }
 table.plain th, table.plain td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 table.plain th { background: #f4f4f4; } table.plain td:first-child { text-align: left; }
-td.held { color: #176117; } td.missed { color: #a31515; font-weight: bold; }
+td.held { color: #176117; } td.missed { color: #a31515; font-weight: bold; } td.known { color: #8a5a00; }
 figure { display: inline-block; margin: .5em 1em .5em 0; } figcaption { font-size: .9em; color: #555; }
 """
 
@@ -82,7 +83,7 @@ def _plain_table(header: list[tuple[str, str]], rows: list[list[tuple[object, st
 
 
 def _verdict_class(text: object) -> str:
-    return {"held": "held", "not held": "missed"}.get(str(text), "")
+    return {"held": "held", "not held": "missed", "known miss": "known"}.get(str(text), "")
 
 
 def _sae_table(part: pd.DataFrame, table_id: str) -> str:
@@ -113,13 +114,14 @@ def _sae_rows(frame: pd.DataFrame, backbone: str) -> pd.DataFrame:
 
 
 def _claims_table(records: list[ResultRecord]) -> str:
-    """One row per claim, one column per SAE: held / not held, the comparison on hover."""
+    """One row per claim, one column per SAE: held / not held / known miss, the comparison on hover."""
     ids = sorted({cid for record in records for cid in record.claims})
     if not ids:
         return "<p>No claims were checked for these SAEs.</p>"
     source = {cid: v.source for record in records for cid, v in record.claims.items()}
     header = [("claim", "claim id (scopebench claims lists them)"), ("source", "where the paper makes the claim")]
-    header += [(record.sae.name, "verdict for this SAE; hover a cell for the comparison") for record in records]
+    header += [(record.sae.name, "verdict for this SAE (known miss: the backbone is known not to show the "
+                                   "claim, so it is scored, not asserted); hover a cell for the comparison") for record in records]
     rows = [[(cid, ""), (source[cid], ""), *(_verdict(record, cid) for record in records)] for cid in ids]
     return _plain_table(header, rows)
 
@@ -129,7 +131,9 @@ def _verdict(record: ResultRecord, claim: str) -> tuple[str, str]:
     if verdict is None:
         return "", "not checked for this SAE"
     margin = "" if verdict.margin is None else f" (margin {verdict.margin:+.3g})"
-    return ("held" if verdict.passed else "not held"), verdict.detail + margin
+    if verdict.passed:
+        return "held", verdict.detail + margin
+    return ("known miss" if is_known_miss(claim, record.backbone.name) else "not held"), verdict.detail + margin
 
 
 def _backbone_quantities() -> list[str]:

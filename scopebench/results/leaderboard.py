@@ -10,17 +10,20 @@ from tabulate import tabulate
 
 from scopebench.backbones.registry import REGISTRY
 from scopebench.analyses import ANALYSES, quantity_catalogue
+from scopebench.claims.registry import is_known_miss
 from scopebench.keys import base_name, index_of, indexed
 from scopebench.paper import PAPER_K, PAPER_TABLES, paper_values
 from scopebench.atomic import write_text_atomic
 from scopebench.results.records import ResultFileError, ResultRecord, load_result
 
 def _claims(record: ResultRecord | None) -> str:
-    """Claims held / checked, then the ids of those that did not hold (table and short name)."""
+    """Claims held / checked, then the ids of those that did not hold (table and short name); a known miss of
+    the backbone (the planted instrument's, :meth:`~scopebench.claims.registry.Claim.known_miss`) is marked so."""
     if record is None or not record.claims:
         return ""
     held = sum(v.passed for v in record.claims.values())
-    missed = [cid for cid, v in sorted(record.claims.items()) if not v.passed]
+    missed = [cid + (" (known miss)" if is_known_miss(cid, record.backbone.name) else "")
+              for cid, v in sorted(record.claims.items()) if not v.passed]
     return f"{held}/{len(record.claims)}" + (f" (not: {', '.join(missed)})" if missed else "")
 
 
