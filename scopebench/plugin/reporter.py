@@ -147,12 +147,8 @@ class ClaimReport:
             label = "PASS" if verdict.passed else "FAIL"
         else:
             label = "held" if verdict.passed else ("known miss" if claim.known_miss(backbone) else "missed")
-        row = CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper, label, verdict.detail,
-                      margin)
-        # two cases may check the same claim on the same measurement (Table 7's s=1 is part of Table 9's output):
-        # the summary shows it once
-        if not any(_same_check(row, seen) for seen in self._session.rows):
-            self._session.rows.append(row)
+        self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
+                                          label, verdict.detail, margin))
 
     @staticmethod
     def assert_held(*verdicts: Verdict) -> None:
@@ -204,9 +200,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 
 
 def _finalise_rows(session: SessionClaims) -> list[CaseRow]:
-    """Apply test outcomes: a case that failed or skipped before recording a verdict gets one row."""
+    """Apply test outcomes: a case that failed or skipped before recording a verdict gets one row.
+
+    Two cases may check the same claim on the same measurement (Table 7's s=1 is part of Table 9's output,
+    Figure 8's classification part of Table 3's probes): the summary shows that check once.
+    """
     recorded = {row.nodeid for row in session.rows}
-    rows = list(session.rows)
+    rows: list[CaseRow] = []
+    for row in session.rows:
+        if not any(_same_check(row, seen) for seen in rows):
+            rows.append(row)
     for nodeid, (outcome, reason) in session.outcomes.items():
         if nodeid not in recorded:
             verdict = {"failed": "FAIL", "skipped": "SKIP"}.get(outcome, "PASS")
@@ -225,7 +228,7 @@ def _fit(text: str, width: int) -> str:
 
 
 #: the claims table's fixed columns and the widest each may get (then measured (paper) in what is left)
-_COLUMNS = (("verdict", 6), ("claim", 45), ("backbone", 12), ("SAE", 16), ("margin", 9))
+_COLUMNS = (("verdict", 10), ("claim", 45), ("backbone", 12), ("SAE", 16), ("margin", 9))
 
 
 def _margin_cell(margin: float | None) -> str:
