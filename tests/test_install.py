@@ -114,3 +114,20 @@ def test_wheel_installed_elsewhere_gives_the_plugin_and_the_recipes(tmp_path):
     for flag in ("--sae", "--sae-recipes", "--weights", "--weights-config", "--results-dir", "--cache-dir"):
         assert f"  {flag}=" in done.stdout, flag
     assert not (elsewhere / "leaderboard").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_environment_imports_this_checkout(tmp_path):
+    """An editable install made from another clone would make the console scripts (``scopebench``, ``pytest``)
+    run that clone's code while ``python -m pytest`` here runs this one: name it instead of testing the wrong code."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", "import scopebench; print(scopebench.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    package = Path(found.stdout.strip()).resolve().parent
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    if package.is_relative_to(site):
+        pytest.skip("scopebench is installed as a wheel here (test_wheel_installed_elsewhere covers that)")
+    assert package == REPO / "scopebench", (
+        f"this environment imports scopebench from {package}, not from this checkout ({REPO}): reinstall it "
+        f"here with `{sys.executable} -m pip install -e .` (or delete {Path(sys.executable).parents[1]} and run "
+        "`make test`)")
