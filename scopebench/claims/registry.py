@@ -487,7 +487,8 @@ def scored(claim: Claim, verdict: Verdict, backbone: str, asserted: bool) -> Ver
     """``verdict`` as recorded: asserted in verify mode, except a known miss (:meth:`Claim.known_miss`)."""
     reason = claim.known_miss(backbone)
     if reason is not None:
-        return verdict.model_copy(update={"asserted": False, "detail": f"{verdict.detail} [known planted miss: {reason}]"})
+        detail = f"{verdict.detail} [known planted miss: {reason}]"
+        return verdict.model_copy(update={"asserted": False, "detail": detail})
     return verdict.model_copy(update={"asserted": asserted})
 
 
