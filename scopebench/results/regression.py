@@ -48,21 +48,26 @@ def _label(record: ResultRecord) -> str:
     return record.sae.name if record.sae else "(backbone)"
 
 
+def _who(record: ResultRecord) -> str:
+    """``backbone/SAE`` (``backbone/(backbone)`` for a backbone-level record): the prefix of its tolerance keys."""
+    return f"{record.backbone.name}/{_label(record)}"
+
+
 def spread_tolerances(runs: Sequence[Sequence[ResultRecord]]) -> dict[str, Any]:
     """Tolerances from result records of several seeds (``runs[0]`` the reference seed)."""
-    reference = {(r.backbone.name, _label(r)): _quantities(r) for r in runs[0]}
+    reference = {_who(r): _quantities(r) for r in runs[0]}
     quantities: dict[str, dict[str, float]] = {}
     for key, values in reference.items():
         for name, base in values.items():
-            others = [_quantities(r).get(name) for run in runs[1:] for r in run if (r.backbone.name, _label(r)) == key]
+            others = [_quantities(r).get(name) for run in runs[1:] for r in run if _who(r) == key]
             spread = max((abs(v - base) for v in others if v is not None), default=0.0)
-            quantities[f"{key[0]}/{key[1]}/{name}"] = {
+            quantities[f"{key}/{name}"] = {
                 "spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
     verdicts: dict[str, set[bool]] = {}
     for run in runs:
         for record in run:
             for claim, verdict in record.claims.items():
-                verdicts.setdefault(f"{record.backbone.name}/{_label(record)}/{claim}", set()).add(verdict.passed)
+                verdicts.setdefault(f"{_who(record)}/{claim}", set()).add(verdict.passed)
     return {"method": f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
                       f"{REL_FLOOR:g} x |baseline|)", "seeds": len(runs), "quantities": quantities,
             # verdicts the seeds themselves disagree on: their flip is within the spread, not a regression
@@ -83,11 +88,11 @@ def compare(now: ResultRecord, base: ResultRecord, tolerances: dict[str, Any],
             unstable: frozenset[str] = frozenset()) -> list[Drift]:
     """What moved beyond its tolerance, went missing, or flipped its verdict (unless the seeds already disagreed on
     it: ``unstable``, keys ``backbone/SAE/claim``)."""
-    who = f"{now.backbone.name}/{_label(now)}"
+    who = _who(now)
     drifts = []
     current = _quantities(now)
     for name, value in _quantities(base).items():
-        key = f"{now.backbone.name}/{_label(now)}/{name}"
+        key = f"{who}/{name}"
         tolerance = tolerances.get(key, {}).get("tolerance", REL_FLOOR * abs(value))
         if name not in current:
             drifts.append(Drift(who, name, value, "missing", "-", tolerance))
