@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from scopebench.analyses import ANALYSES, AnalysisOutput, quantity_catalogue
-from scopebench.analyses.cds.output import CDSOutput
+from scopebench.analyses.cds.output import high_cds_share
 from scopebench.keys import base_name, index_of, indexed
 from scopebench.paper import PAPER_TABLES
 
@@ -238,7 +238,7 @@ def _outward(value: float, direction: Literal["down", "up"], decimals: int = 3) 
     return (math.floor if direction == "down" else math.ceil)(value * scale) / scale
 
 
-_HIGH_SHARES = [v for row in PAPER_TABLES["table4"].values() if (v := CDSOutput.DERIVED["high_share"](row)) is not None]
+_HIGH_SHARES = [v for row in PAPER_TABLES["table4"].values() if (v := high_cds_share(row)) is not None]
 
 #: Factors and bounds of the claims below, each from the paper's extreme row (rounded outward, ``_outward``).
 PAPER_BOUNDS: dict[str, float] = {
@@ -396,14 +396,15 @@ def _holds(margin: float, op: RelationOp) -> bool:
     return margin > 0 if op in ("<", ">") else margin >= 0  # False for NaN
 
 
-def _index_values(key_base: str, index: str, measured: Mapping[str, float]) -> list[int]:
+def index_values(key_base: str, index: str, measured: Mapping[str, float]) -> list[int]:
+    """The values ``v`` of ``index`` at which ``measured`` holds ``key_base[index=v]``, in increasing order."""
     return sorted(found[2] for key in measured if (found := index_of(key)) and found[:2] == (key_base, index))
 
 
 def _pairs(relation: Relation, measured: Mapping[str, float]) -> list[tuple[str, str | float]]:
     """The (left key, right key or constant) comparisons; raises when the measurement cannot support the claim."""
     if relation.along is not None:
-        steps = _index_values(relation.a, relation.along, measured)
+        steps = index_values(relation.a, relation.along, measured)
         if len(steps) < 2:
             raise ValueError(f"a monotone relation needs {relation.a}[{relation.along}=N] at two or more values of "
                              f"{relation.along}, got {len(steps)}; pass keys built with scopebench.keys.indexed")
@@ -415,11 +416,11 @@ def _pairs(relation: Relation, measured: Mapping[str, float]) -> list[tuple[str,
         if missing:
             raise ValueError(f"measured values lack {missing}; pass a mapping with keys {', '.join(map(repr, keys))}")
         return [(relation.a, relation.b)]
-    index_values = _index_values(relation.a, relation.for_every, measured)
-    if not index_values:
+    shifts = index_values(relation.a, relation.for_every, measured)
+    if not shifts:
         raise ValueError(f"measured values lack any {relation.a}[{relation.for_every}=N]; "
                          f"pass keys built with scopebench.keys.indexed({relation.a!r}, s)")
-    pairs = [(indexed(relation.a, v), indexed(relation.b, v)) for v in index_values]
+    pairs = [(indexed(relation.a, v), indexed(relation.b, v)) for v in shifts]
     missing = [b for _, b in pairs if b not in measured]
     if missing:
         raise ValueError(f"measured values lack {missing} to compare with the {relation.a} values given")
@@ -462,10 +463,10 @@ def evaluate(claim: Claim, measured: Mapping[str, float]) -> Verdict:
 
 def _measurable(relation: Relation, measured: Mapping[str, float]) -> bool:
     if relation.along is not None:
-        return len(_index_values(relation.a, relation.along, measured)) >= 2
+        return len(index_values(relation.a, relation.along, measured)) >= 2
     if relation.for_every is None:
         return all(k in measured for k in relation.quantities)
-    return bool(_index_values(relation.a, relation.for_every, measured))
+    return bool(index_values(relation.a, relation.for_every, measured))
 
 
 def claims_for(analysis: str, backbone: str, measured: Mapping[str, float]) -> list[Claim]:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from scopebench.claims.registry import CLAIMS, PLANTED, Claim, evaluate
-from scopebench.keys import index_of, indexed
+from scopebench.claims.registry import CLAIMS, PLANTED, Claim, evaluate, index_values
+from scopebench.keys import indexed
 
 _WRAP = 25  # characters per line of the backbones cell
 _RELATION_WRAP = 30  # and of the relation cell: id, source, relation and backbones then fit 120 columns
@@ -34,10 +34,6 @@ def relation_text(claim: Claim) -> str:
     return claim.relation.text() + tolerance
 
 
-def _indices(base: str, index: str, values: dict[str, float]) -> list[int]:
-    return sorted(found[2] for key in values if (found := index_of(key)) and found[:2] == (base, index))
-
-
 def _cell(values: dict[str, float], key: str) -> str:
     return f"{values[key]:g}" if key in values else "–"
 
@@ -60,7 +56,7 @@ def paper_rows(claim: Claim) -> tuple[list[str], list[list[str]]]:
     if relation.along is not None:
         index = relation.along
         for backbone, values in claim.paper_values.items():
-            steps = _indices(a, index, values)
+            steps = index_values(a, index, values)
             for previous, v in zip([None, *steps], steps):
                 key = indexed(a, v, index)
                 holds = "–" if previous is None else _holds(claim, values, indexed(a, previous, index), key)
@@ -76,7 +72,7 @@ def paper_rows(claim: Claim) -> tuple[list[str], list[list[str]]]:
         return ["backbone", a, b, "holds"], rows
     every = relation.for_every
     for backbone, values in claim.paper_values.items():
-        for s in _indices(a, every, values):
+        for s in index_values(a, every, values):
             a_key, b_key = indexed(a, s), indexed(b, s)
             rows.append([backbone, str(s), _cell(values, a_key), _cell(values, b_key),
                          _holds(claim, values, a_key, b_key)])
