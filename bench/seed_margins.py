@@ -4,7 +4,8 @@
 ``pytest bench -k planted --seed N`` run.  Prints one row per claim: its relation, the values measured in
 the first run, the margin at each seed (how far the verdict is from flipping, in the unit of the claim's
 first quantity; ``*`` marks a failed verdict), the smallest margin, and whether the claim held at every
-seed (a failure of a claim the registry records as a known planted miss is named so).  Exits 1 when an asserted claim failed at a seed.
+seed (a failure of a claim the registry records as a known planted miss is named so).  Exits 1 when an
+asserted claim failed at a seed.
 """
 from __future__ import annotations
 
