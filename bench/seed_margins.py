@@ -27,37 +27,42 @@ def _values(measured: dict[str, float | None]) -> str:
     return text if len(measured) <= 2 else f"{text} ({len(measured)} values)"
 
 
-def _verdicts(run: Path) -> dict[tuple[str, str], tuple[bool, bool, float | None, str]]:
-    """``(result file stem, claim id) -> (passed, asserted, margin, measured values)`` of one run's result files."""
+Verdicts = dict[tuple[str, str], tuple[bool, bool, float | None, str, bool]]
+
+
+def _verdicts(run: Path) -> Verdicts:
+    """``(result file stem, claim id) -> (passed, asserted, margin, measured values, known miss)`` of one run's
+    result files."""
     found = {}
     for path in sorted(run.glob("*.json")):
         record = load_result(path)
         for claim_id, verdict in record.claims.items():
+            known = is_known_miss(claim_id, record.backbone.name, record.sae_architecture)
             found[(path.stem, claim_id)] = (verdict.passed, verdict.asserted, verdict.margin,
-                                            _values(verdict.measured))
+                                            _values(verdict.measured), known)
     return found
 
 
-def render(runs: dict[str, dict[tuple[str, str], tuple[bool, bool, float | None, str]]]) -> tuple[str, bool]:
+def render(runs: dict[str, Verdicts]) -> tuple[str, bool]:
     """The Markdown table of margins per seed, and whether every asserted verdict held."""
     keys = sorted({key for verdicts in runs.values() for key in verdicts})
     rows, all_held = [], True
     first = next(iter(runs))
     for key in keys:
-        cells, margins, held = [], [], True
+        cells, margins, held, known = [], [], True, False
         for verdicts in runs.values():
             if key not in verdicts:
                 cells.append("–")
                 continue
-            passed, asserted, margin, _ = verdicts[key]
+            passed, asserted, margin, _, known_miss = verdicts[key]
             held &= passed
+            known |= known_miss
             all_held &= passed or not asserted
             cells.append("nan" if margin is None else f"{margin:.4g}{'' if passed else '*'}")
             if margin is not None:
                 margins.append(margin)
         claim = CLAIMS_BY_ID.get(key[1])
         relation = "–" if claim is None else relation_text(claim)
-        known = is_known_miss(key[1], key[0].split("__")[0])
         verdict = "yes" if held else ("known planted miss" if known else "NO")
         values = runs[first][key][3] if key in runs[first] else "–"
         rows.append([key[0], key[1], relation, values, *cells, f"{min(margins):.4g}" if margins else "–", verdict])

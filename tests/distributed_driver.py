@@ -112,3 +112,7 @@ if __name__ == "__main__":
     digest = run(Path(sys.argv[1]))
     out = Path(sys.argv[2])
     Path(out if distributed.is_main() else f"{out}.rank{distributed.rank()}").write_text(json.dumps(digest))
+    # an exit with the gloo group still up can abort a rank (SIGABRT, "terminate called without an active
+    # exception": gloo's worker threads outlive the interpreter; pytorch/pytorch#190489), as the plugin's
+    # session end does
+    distributed.leave()

@@ -386,7 +386,8 @@ def test_claim_hover_shows_the_margin_when_the_file_has_one() -> None:
 
     measured = ClaimVerdict(passed=False, detail="fvu_o <= fvu_a fails", source="Table 6", measured={}, margin=-0.25)
     older = ClaimVerdict(passed=True, detail="fvu_o <= fvu_a holds", source="Table 6", measured={})  # no margin
-    record = SimpleNamespace(claims={"new": measured, "old": older}, backbone=SimpleNamespace(name="dinov2-b"))
+    record = SimpleNamespace(claims={"new": measured, "old": older}, backbone=SimpleNamespace(name="dinov2-b"),
+                             sae_architecture="batchtopk")
     assert _verdict(record, "new") == ("not held", "fvu_o <= fvu_a fails (margin -0.25)")
     assert _verdict(record, "old") == ("held", "fvu_o <= fvu_a holds")
     assert ClaimVerdict(passed=False, detail="", source="s", measured={}, margin=float("nan")).margin is None
@@ -404,10 +405,13 @@ def test_a_known_planted_miss_reads_known_miss_on_planted_only() -> None:
     missed = ClaimVerdict(passed=False, detail="l0_o < l0_a fails", source="Table 6", measured={})
     held = ClaimVerdict(passed=True, detail="fvu_o <= fvu_a holds", source="Table 6", measured={})
     claims = {claim: missed, "table6.outliers-reconstructed-better": held}
-    planted = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="planted"))
-    real = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="dinov2-b"))
+    planted = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="planted"), sae_architecture="batchtopk")
+    real = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="dinov2-b"), sae_architecture="batchtopk")
+    # the known mechanism is batch-wide selection: a TopK SAE's miss on planted is not excused
+    topk = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="planted"), sae_architecture="topk")
     assert _verdict(planted, claim)[0] == "known miss"
     assert _verdict(real, claim)[0] == "not held"
+    assert _verdict(topk, claim)[0] == "not held" and _claims(topk) == f"1/2 (not: {claim})"
     assert _verdict(planted, "table6.outliers-reconstructed-better")[0] == "held"
     assert _claims(planted) == f"1/2 (not: {claim} (known miss))"
     assert _claims(real) == f"1/2 (not: {claim})"

@@ -349,13 +349,14 @@ def test_family_claim_is_recorded_once_in_the_largest_sizes_record(tmp_path: Pat
     assert scored._session.rows[0].verdict == "missed"
 
 
-def _reconstruction_result(backbone: str, l0_o: float):
+def _reconstruction_result(backbone: str, l0_o: float, architecture: str = "batchtopk"):
     from scopebench.analyses import ReconstructionOutput
     from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, SAEInfo, output_json
 
     output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.95, l0_a=30.0, l0_o=l0_o)
     return AnalysisResult(analysis="reconstruction", backbone=BackboneInfo(name=backbone),
-                          sae=SAEInfo(name="batchtopk", checkpoint_sha256="feed"),
+                          sae=SAEInfo(name=architecture, config={"architecture": architecture},
+                                      checkpoint_sha256="feed"),
                           record=AnalysisRecord(config={}, output=output_json(output)), output=output, device="cpu")
 
 
@@ -386,3 +387,8 @@ def test_a_known_planted_miss_reads_known_miss_and_a_repeated_check_shows_once()
         real.assert_held(*verdicts)
     table = render_rows(shown)
     assert "known miss  table6.outliers-fewer-latents" in table and max(map(len, table.splitlines())) <= 120
+    # a TopK SAE scored beside it: per-token selection is not the known mechanism, so its miss reads "missed"
+    ClaimReport(session, "bench/a.py::test[planted-topk]", paper_sae="batchtopk").record(
+        _reconstruction_result("planted", l0_o=30.0, architecture="topk"))
+    topk = [row for row in session.rows if row.sae == "topk" and row.claim == "table6.outliers-fewer-latents"]
+    assert [row.verdict for row in topk] == ["missed"]

@@ -100,7 +100,8 @@ class ClaimReport:
         measured = result.output.quantities()
         asserted = self._asserted(result)
         verdicts = []
-        for claim, verdict in check_all(result.analysis, result.output, result.backbone.name, asserted=asserted):
+        for claim, verdict in check_all(result.analysis, result.output, result.backbone.name,
+                                        architecture=result.sae_architecture, asserted=asserted):
             self._store(pending, claim, verdict, {k: measured[k] for k in compared_keys(claim, measured)})
             verdicts.append(verdict)
         return verdicts
@@ -117,7 +118,8 @@ class ClaimReport:
         by_name = {r.backbone.name: r for r in results}
         series = size_series(claim, family, {name: r.output.quantities() for name, r in by_name.items()})
         largest = by_name[max(by_name, key=order.index)]
-        verdict = scored(claim, evaluate(claim, series), largest.backbone.name, self._asserted(largest))
+        verdict = scored(claim, evaluate(claim, series), largest.backbone.name, largest.sae_architecture,
+                         self._asserted(largest))
         sizes = ", ".join(f"{i}={name}" for i, name in enumerate(order) if name in by_name)
         verdict = verdict.model_copy(update={"detail": f"{verdict.detail} (sizes: {sizes})"})
         self._store(self._pending(largest), claim, verdict, series)
@@ -146,7 +148,7 @@ class ClaimReport:
         if verdict.asserted:
             label = "PASS" if verdict.passed else "FAIL"
         else:
-            label = "held" if verdict.passed else ("known miss" if claim.known_miss(backbone) else "missed")
+            label = "held" if verdict.passed else ("known miss" if verdict.known_miss else "missed")
         self._session.rows.append(CaseRow(self._nodeid, claim.id, backbone, sae or "-", values, compared_paper,
                                           label, verdict.detail, margin))
 

@@ -134,7 +134,8 @@ def _verdict(record: ResultRecord, claim: str) -> tuple[str, str]:
     margin = "" if verdict.margin is None else f" (margin {verdict.margin:+.3g})"
     if verdict.passed:
         return "held", verdict.detail + margin
-    return ("known miss" if is_known_miss(claim, record.backbone.name) else "not held"), verdict.detail + margin
+    known = is_known_miss(claim, record.backbone.name, record.sae_architecture)
+    return ("known miss" if known else "not held"), verdict.detail + margin
 
 
 def _backbone_quantities() -> list[str]:

@@ -18,11 +18,12 @@ from scopebench.results.records import ResultFileError, ResultRecord, load_resul
 
 def _claims(record: ResultRecord | None) -> str:
     """Claims held / checked, then the ids of those that did not hold (table and short name); a known miss of
-    the backbone (the planted instrument's, :meth:`~scopebench.claims.registry.Claim.known_miss`) is marked so."""
+    the backbone for the record's SAE (the planted instrument's, :meth:`~scopebench.claims.registry.Claim.known_miss`)
+    is marked so."""
     if record is None or not record.claims:
         return ""
     held = sum(v.passed for v in record.claims.values())
-    missed = [cid + (" (known miss)" if is_known_miss(cid, record.backbone.name) else "")
+    missed = [cid + (" (known miss)" if is_known_miss(cid, record.backbone.name, record.sae_architecture) else "")
               for cid, v in sorted(record.claims.items()) if not v.passed]
     return f"{held}/{len(record.claims)}" + (f" (not: {', '.join(missed)})" if missed else "")
 

@@ -53,6 +53,12 @@ class SAEInfo(BaseModel):
     # null for a checkpoint. Retraining it on another CPU gives other weights bits but the same model.
     training: Optional[str] = None
 
+    @property
+    def architecture(self) -> str | None:
+        """The SAE architecture its config names (``batchtopk``, ...), None if it names none."""
+        value = self.config.get("architecture")
+        return value if isinstance(value, str) else None
+
 
 class DatasetInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -123,6 +129,11 @@ class ResultRecord(BaseModel):
     environment: Environment
     upgraded_from: Optional[int] = None  # schema version of the file this record was read from, when older
 
+    @property
+    def sae_architecture(self) -> str | None:
+        """The architecture of the record's SAE; None for the backbone-level record."""
+        return self.sae.architecture if self.sae else None
+
     @model_validator(mode="after")
     def _outputs_fit_their_analyses(self) -> ResultRecord:
         level = "backbone" if self.sae is None else "sae"
@@ -160,6 +171,11 @@ class AnalysisResult:
     record: AnalysisRecord
     output: AnalysisOutput
     device: str
+
+    @property
+    def sae_architecture(self) -> str | None:
+        """The architecture of the result's SAE; None for a backbone-level analysis."""
+        return self.sae.architecture if self.sae else None
 
 
 def output_json(output: AnalysisOutput) -> dict[str, Any]:
