@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from cli_tables import parse_table
 
-from scopebench.claims.registry import CLAIMS, Claim, Relation
+from scopebench.claims.registry import CLAIMS, PLANTED, Claim, Relation
 from scopebench.cli.main import main
 from scopebench.cli.claims import render_claims
 
@@ -104,6 +104,12 @@ def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys):
         claim = by_id[row["claim"]]
         assert row["source"] == claim.source
         assert tuple(row["backbones"].replace(",", " ").split()) == claim.backbones
+        # what the planted default shows of it: expected to hold, a known miss for some SAEs, or not checked
+        expected = "–" if PLANTED not in claim.backbones else "expected" if claim.planted_miss is None else \
+            "known miss:\n" + (", ".join(claim.planted_miss.architectures or ()) or "every SAE")
+        assert row["on planted"] == expected, claim.id
+    assert rows[[r["claim"] for r in rows].index("table6.outliers-fewer-latents")]["on planted"] == \
+        "known miss:\nbatchtopk, matryoshka"
     sources = [row["source"] for row in rows]
     assert sources == sorted(sources, key=sources.index)  # grouped: each source's claims together
     assert rows[[r["claim"] for r in rows].index("table9.non-outlier-emd-rises-with-shift")]["backbones"] == \

@@ -97,18 +97,31 @@ def render_claims(claims: Sequence[Claim]) -> str:
     return "\n".join(parts)
 
 
+def _on_planted(claim: Claim) -> str:
+    """What the planted default shows of ``claim``: expected to hold, a known miss (and whose), or not checked."""
+    if PLANTED not in claim.backbones:
+        return "–"
+    miss = claim.planted_miss
+    if miss is None:
+        return "expected"
+    return "known miss:\n" + (_wrap_names(miss.architectures) if miss.architectures else "every SAE")
+
+
 def render_coverage(claims: Sequence[Claim]) -> str:
-    """Where the paper makes each statement -> the claims that check it -> their backbones, then a count line."""
+    """Where the paper makes each statement -> the claims that check it -> their backbones and what the planted
+    default does with it, then a count line."""
     if not claims:
         return "(no claims)"
     sources = list(dict.fromkeys(c.source for c in claims))
-    rows = [[source, c.id, _wrap_names(c.backbones)] for source in sources for c in claims if c.source == source]
+    rows = [[source, c.id, _wrap_names(c.backbones), _on_planted(c)]
+            for source in sources for c in claims if c.source == source]
     backbones = {b for c in claims for b in c.backbones}
     checks = sum(len(c.backbones) for c in claims)
     real = len(backbones - {PLANTED})
     count = (f"{len(claims)} claims from {len(sources)} places in the paper, {checks} (claim, backbone) checks on "
              f"{real} of the paper's backbones" + (" and planted" if PLANTED in backbones else ""))
-    return "\n".join([tabulate(rows, headers=["source", "claim", "backbones"], disable_numparse=True), "", count])
+    table = tabulate(rows, headers=["source", "claim", "backbones", "on planted"], disable_numparse=True)
+    return "\n".join([table, "", count])
 
 
 def _run(args: argparse.Namespace) -> int:
