@@ -46,7 +46,7 @@ class CaseRow:
     measured: dict[str, float]
     paper: dict[str, float]
     # PASS / FAIL (asserted: the SAE under test), held / missed (scored, leaderboard mode), known miss (a missed
-    # claim the backbone is known not to show: Claim.known_miss), SKIP
+    # claim the backbone is known not to show with an SAE of this architecture: Claim.known_miss), SKIP
     verdict: str
     detail: str = ""
     margin: float | None = None  # the verdict's margin (scopebench.claims.registry); None: no verdict, or NaN

@@ -120,8 +120,8 @@ def _claims_table(records: list[ResultRecord]) -> str:
         return "<p>No claims were checked for these SAEs.</p>"
     source = {cid: v.source for record in records for cid, v in record.claims.items()}
     header = [("claim", "claim id (scopebench claims lists them)"), ("source", "where the paper makes the claim")]
-    title = ("verdict for this SAE (known miss: the backbone is known not to show the claim, so it is scored, "
-             "not asserted); hover a cell for the comparison")
+    title = ("verdict for this SAE (known miss: the backbone is known not to show the claim with an SAE of this "
+             "architecture, so it is scored, not asserted); hover a cell for the comparison")
     header += [(record.sae.name, title) for record in records]
     rows = [[(cid, ""), (source[cid], ""), *(_verdict(record, cid) for record in records)] for cid in ids]
     return _plain_table(header, rows)
