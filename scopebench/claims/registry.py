@@ -282,7 +282,7 @@ HIGH_REMOVAL_CLOSE = 0.05
 
 #: Why the planted instrument does not show that removing the high-CDS features improves classification
 #: (measured 2026-12-01 on planted v7, BatchTopK): its view-level context costs the linear probe about half a point.
-# the planted data's, so it belongs to every SAE
+#: A property of the planted data, so it names no architecture: it is known for every SAE.
 _PLANTED_CLS_GAIN_MISS = KnownMiss(reason=(
     "the planted context costs the linear probe only about half a point (BatchTopK seed 2 on 2048 test scenes: "
     "+0.54, interval -0.44 to +1.51), below what the bench's 512 test scenes resolve (+1.8 to +2.2 at seeds 0-2, "
