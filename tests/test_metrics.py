@@ -55,7 +55,10 @@ def _direct(sae: AffineToySAE, x: torch.Tensor) -> dict[str, float]:
     xh = sae.decode(sae.encode(x)).double().numpy()
     fvu = ((xn - xh) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
     cos = ((xn * xh).sum(1) / (np.linalg.norm(xn, axis=1) * np.linalg.norm(xh, axis=1))).mean()
-    return {"fvu": fvu, "l0": (codes != 0).sum(1).mean(), "cos": cos, "rate": (codes != 0).mean(0)}
+    energy = codes.astype(np.float64) ** 2
+    coded = energy.sum(1) > 0
+    top1 = (energy.max(1)[coded] / energy.sum(1)[coded]).mean() if coded.any() else math.nan
+    return {"fvu": fvu, "l0": (codes != 0).sum(1).mean(), "cos": cos, "rate": (codes != 0).mean(0), "top1": top1}
 
 
 def test_toy_sae_satisfies_protocol():
@@ -76,6 +79,8 @@ def test_metrics_match_direct_computation_for_all_and_outliers():
     assert (m.n_all, m.n_outlier) == (60, int(mask.sum()))
     assert m.dead_fraction == pytest.approx((everything["rate"] == 0).mean())
     assert m.dense_fraction == pytest.approx((everything["rate"] > 0.10).mean())
+    assert m.outlier_top1_share == pytest.approx(outliers["top1"], rel=1e-9)
+    assert m.outlier_shared_latents == int((outliers["rate"] > 0.5).sum())
     assert m.definition == FVU_DEFINITION and "mu_T" in m.definition
 
 
@@ -87,6 +92,27 @@ def test_metrics_of_plain_arrays_equal_the_sae_path():
     assert metrics_of_arrays(x, sae.decode(codes), codes, mask) == reconstruction_metrics(sae, [(x, mask)])
     with pytest.raises(ValueError, match=r"need x and xhat \[n, d_in\] and codes \[n, d_sae\]"):
         metrics_of_arrays(x, x[:3], codes, mask)
+
+
+def test_outlier_code_anatomy_tells_one_strong_latent_from_a_broad_weak_code():
+    """Same L0 bookkeeping, two outlier codes: one latent carrying the token, or the token spread evenly."""
+    n, d_sae = 8, 12
+    x = torch.ones(n, 3)
+    mask = torch.tensor([True] * 4 + [False] * 4)
+    strong = torch.zeros(n, d_sae)
+    strong[:4, 0] = 5.0
+    strong[torch.arange(4), 1 + torch.arange(4)] = 1.0  # one weak latent of its own per outlier: fires on 1 of 4
+    broad = torch.zeros(n, d_sae)
+    broad[:4, :10] = 1.0
+    broad[1, :10] = 0.0  # a token with no code: left out of the share, counted in the firing rate
+    one = metrics_of_arrays(x, x, strong, mask)
+    assert one.outlier_top1_share == pytest.approx(25 / 26)
+    assert one.outlier_shared_latents == 1
+    spread = metrics_of_arrays(x, x, broad, mask)
+    assert spread.outlier_top1_share == pytest.approx(1 / 10)
+    assert spread.outlier_shared_latents == 10  # each fires on 3 of the 4 outliers
+    none = metrics_of_arrays(x, x, broad, torch.zeros(n, dtype=torch.bool))
+    assert math.isnan(none.outlier_top1_share) and none.outlier_shared_latents == 0
 
 
 U32, U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 / float64

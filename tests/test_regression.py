@@ -137,3 +137,27 @@ def test_a_verdict_the_seeds_disagree_on_may_flip_and_any_other_may_not(tmp_path
     flip(seed1, steady)
     passed, report = compare_dirs(load_results(seed1), base)
     assert not passed and f"claim {steady}" in report and f"claim {shaky}" not in report
+
+
+def test_an_earlier_tolerances_file_keeps_its_larger_tolerances_and_unstable_verdicts(
+        baseline: Path, tmp_path: Path, capsys) -> None:
+    """A baseline re-measured on one machine keeps the spread an earlier file measured on another CPU."""
+    earlier = json.loads((baseline / TOLERANCES_FILE).read_text())
+    wide, narrow = "planted/batchtopk/reconstruction/fvu_a", "planted/batchtopk/reconstruction/fvu_o"
+    earlier["quantities"][narrow]["tolerance"] = 0.0  # smaller than anything measured: replaced
+    claim = next(iter(json.loads((COMMITTED / "planted__batchtopk.json").read_text())["claims"]))
+    earlier["unstable_verdicts"] = [f"planted/batchtopk/{claim}", "planted/gone/some.claim"]
+    keep = tmp_path / "earlier.json"
+    keep.write_text(json.dumps(earlier))
+    seed1 = tmp_path / "again"
+    shutil.copytree(COMMITTED, seed1)  # no spread at all between the new runs
+    out = tmp_path / "tolerances.json"
+    assert main(["tolerances", str(baseline), str(seed1), "--out", str(out), "--keep", str(keep)]) == 0
+    data = json.loads(out.read_text())
+    assert data["quantities"][wide] == {**earlier["quantities"][wide], "kept_from_earlier": True}
+    assert data["quantities"][narrow]["spread"] == 0 and "kept_from_earlier" not in data["quantities"][narrow]
+    assert data["unstable_verdicts"] == [f"planted/batchtopk/{claim}"]  # a record no run has is not carried over
+    assert data["earlier_seeds"] == earlier["seeds"] and "kept_from_earlier" in data["method"]
+    keep.write_text("[1, 2]")
+    assert main(["tolerances", str(baseline), str(seed1), "--out", str(out), "--keep", str(keep)]) == 2
+    assert "not a tolerances file" in capsys.readouterr().err

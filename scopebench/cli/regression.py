@@ -37,7 +37,17 @@ def _tolerances(args: argparse.Namespace) -> int:
     if len(args.seed_dirs) < 2:
         print("error: give the results folders of at least two seeds (the first is the reference)", file=sys.stderr)
         return 2
-    data = spread_tolerances([_records(folder) for folder in args.seed_dirs])
+    earlier = None
+    if args.keep is not None:
+        try:
+            earlier = json.loads(args.keep.read_text(encoding="utf-8"))
+            if not isinstance(earlier.get("quantities"), dict) or not isinstance(earlier.get("seeds"), int):
+                raise ValueError("no 'quantities' object or 'seeds' count")
+        except (OSError, ValueError, AttributeError) as exc:
+            print(f"error: --keep {args.keep}: not a tolerances file ({exc}); give a meta/tolerances.json that "
+                  "scopebench tolerances wrote", file=sys.stderr)
+            return 2
+    data = spread_tolerances([_records(folder) for folder in args.seed_dirs], earlier)
     write_text_atomic(args.out, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}: tolerances of {len(data['quantities'])} quantities from {len(args.seed_dirs)} seeds")
     print(tolerance_table(data))
@@ -54,4 +64,6 @@ def register_regression(subparsers: argparse._SubParsersAction) -> None:
                                                           "folders of runs that differ only in --seed")
     tolerances.add_argument("seed_dirs", type=Path, nargs="+", metavar="SEED_DIR")
     tolerances.add_argument("--out", type=Path, required=True, metavar="FILE")
+    tolerances.add_argument("--keep", type=Path, metavar="FILE",
+                            help="an earlier tolerances file: keep its larger tolerances and unstable verdicts")
     tolerances.set_defaults(handler=_tolerances)

@@ -53,25 +53,41 @@ def _who(record: ResultRecord) -> str:
     return f"{record.backbone.name}/{_label(record)}"
 
 
-def spread_tolerances(runs: Sequence[Sequence[ResultRecord]]) -> dict[str, Any]:
-    """Tolerances from result records of several seeds (``runs[0]`` the reference seed)."""
+def spread_tolerances(runs: Sequence[Sequence[ResultRecord]], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tolerances from result records of several seeds (``runs[0]`` the reference seed).
+
+    ``earlier``, a tolerances file measured before (other machines, other CPU kernels), keeps what it
+    learnt: a quantity keeps the larger of the two tolerances, and a verdict either found unstable stays
+    so.  A new baseline measured on one machine would otherwise forget the spread only another CPU shows,
+    and a CI runner with that CPU would fail on rounding.
+    """
     reference = {_who(r): _quantities(r) for r in runs[0]}
-    quantities: dict[str, dict[str, float]] = {}
+    previous = {} if earlier is None else earlier["quantities"]
+    quantities: dict[str, dict[str, Any]] = {}
     for key, values in reference.items():
         for name, base in values.items():
             others = [_quantities(r).get(name) for run in runs[1:] for r in run if _who(r) == key]
             spread = max((abs(v - base) for v in others if v is not None), default=0.0)
-            quantities[f"{key}/{name}"] = {
-                "spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
+            entry = {"spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
+            kept = previous.get(f"{key}/{name}")
+            if kept is not None and kept["tolerance"] > entry["tolerance"]:
+                entry = {"spread": kept["spread"], "tolerance": kept["tolerance"], "kept_from_earlier": True}
+            quantities[f"{key}/{name}"] = entry
     verdicts: dict[str, set[bool]] = {}
     for run in runs:
         for record in run:
             for claim, verdict in record.claims.items():
                 verdicts.setdefault(f"{_who(record)}/{claim}", set()).add(verdict.passed)
-    return {"method": f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
-                      f"{REL_FLOOR:g} x |baseline|)", "seeds": len(runs), "quantities": quantities,
-            # verdicts the seeds themselves disagree on: their flip is within the spread, not a regression
-            "unstable_verdicts": sorted(key for key, seen in verdicts.items() if len(seen) > 1)}
+    # verdicts the seeds themselves disagree on: their flip is within the spread, not a regression
+    unstable = {key for key, seen in verdicts.items() if len(seen) > 1}
+    method = (f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
+              f"{REL_FLOOR:g} x |baseline|)")
+    found: dict[str, Any] = {"method": method, "seeds": len(runs), "quantities": quantities}
+    if earlier is not None:
+        unstable |= set(earlier.get("unstable_verdicts", [])) & set(verdicts)
+        found["method"] = method + "; or an earlier file's larger tolerance (kept_from_earlier)"
+        found["earlier_seeds"] = earlier["seeds"]
+    return found | {"unstable_verdicts": sorted(unstable)}
 
 
 @dataclass(frozen=True)

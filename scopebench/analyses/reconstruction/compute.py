@@ -21,5 +21,6 @@ def compute(bench: Inputs, backbone: str, sae: str, config: ReconstructionConfig
     m = reconstruction_metrics(model, batches(), device=bench.device)
     return ReconstructionOutput(
         fvu_a=m.fvu_all, fvu_o=m.fvu_outlier, l0_a=m.l0_all, l0_o=m.l0_outlier, cs_a=m.cos_all, cs_o=m.cos_outlier,
-        dead_pct=100.0 * m.dead_fraction, dense_pct=100.0 * m.dense_fraction, dict_size=model.d_sae,
+        dead_pct=100.0 * m.dead_fraction, dense_pct=100.0 * m.dense_fraction,
+        o_top1_share=m.outlier_top1_share, o_shared_latents=m.outlier_shared_latents, dict_size=model.d_sae,
         n_tokens=m.n_all, n_outlier=m.n_outlier, tau=tau)

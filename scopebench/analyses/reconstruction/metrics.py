@@ -3,6 +3,13 @@
 FVU over a token set T is ``sum_t ||x_t - xhat_t||^2 / sum_t ||x_t - mu_T||^2`` with
 ``mu_T`` the per-dimension mean over T.  The centred denominator is computed in one
 pass from float64 running sums: ``sum ||x - mu||^2 = sum ||x||^2 - ||sum x||^2 / n``.
+
+Two numbers describe how an SAE codes the outlier tokens, the mechanism behind L0_O: the
+top-1 share (how much of a token's squared code sits in its largest latent) and the shared
+latents (how many latents fire on most outliers).  A few strong outlier latents, as the
+paper's L0_O of 7-29 implies, give a high share and few shared latents; a broad weak code
+(many latents, each partly along the outlier direction) gives a low share and an L0_O above
+L0_A, as BatchTopK's on the planted default (README, "Fidelity of the planted default").
 """
 from __future__ import annotations
 
@@ -18,9 +25,12 @@ FVU_DEFINITION = (
     "FVU_T = sum_t ||x_t - xhat_t||^2 / sum_t ||x_t - mu_T||^2, mu_T = per-dimension mean over the token set T "
     "(A = all tokens, O = outlier tokens); pooled over T, not averaged per token or per batch. "
     "L0 = mean count of non-zero latents per token; CS = mean cosine(x_t, xhat_t). "
-    "dead = latent never fires on T_A; dense = latent fires on more than 10% of T_A."
+    "dead = latent never fires on T_A; dense = latent fires on more than 10% of T_A. "
+    "Outlier code: top-1 share = mean over T_O of max_j a_tj^2 / sum_j a_tj^2 (tokens with a non-zero code); "
+    "shared latents = latents that fire on more than half of T_O."
 )
 DENSE_FIRING_FRACTION = 0.10
+SHARED_FIRING_FRACTION = 0.5
 
 
 class ReconstructionMetrics(BaseModel):
@@ -34,18 +44,23 @@ class ReconstructionMetrics(BaseModel):
     n_outlier: int
     dead_fraction: float
     dense_fraction: float
+    outlier_top1_share: float
+    outlier_shared_latents: int
     definition: str = FVU_DEFINITION
 
 
 class _TokenSetSums:
     """float64 running sums for one token set."""
 
-    def __init__(self, d_in: int, device: str | torch.device) -> None:
+    def __init__(self, d_in: int, d_sae: int, device: str | torch.device) -> None:
         self.n = 0
         self.sq_err = 0.0
         self.sq_norm = 0.0
         self.l0 = 0.0
         self.cos = 0.0
+        self.top1_share = 0.0  # sum over tokens with a non-zero code of max_j a_j^2 / sum_j a_j^2
+        self.n_coded = 0
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
 
     def add(self, x: torch.Tensor, xhat: torch.Tensor, codes: torch.Tensor) -> None:
@@ -57,6 +72,12 @@ class _TokenSetSums:
         self.sum_x += x.sum(0)
         self.l0 += float((codes != 0).sum())
         self.cos += float(torch.nn.functional.cosine_similarity(x, xhat, dim=1, eps=1e-12).sum())
+        self.fire_counts += (codes != 0).sum(0).double()
+        energy = codes.double().pow(2)
+        total = energy.sum(1)
+        coded = total > 0
+        self.n_coded += int(coded.sum())
+        self.top1_share += float((energy.amax(1)[coded] / total[coded]).sum())
 
     def fvu(self) -> float:
         if self.n == 0:
@@ -99,9 +120,8 @@ def metrics_of_arrays(x: torch.Tensor, xhat: torch.Tensor, codes: torch.Tensor,
 def metrics_of_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], *,
                        d_in: int, d_sae: int, device: str = "cpu") -> ReconstructionMetrics:
     """The accumulation itself, over ``(x, xhat, codes, outlier_mask)`` batches (sums in float64)."""
-    everything = _TokenSetSums(d_in, device)
-    outliers = _TokenSetSums(d_in, device)
-    fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
+    everything = _TokenSetSums(d_in, d_sae, device)
+    outliers = _TokenSetSums(d_in, d_sae, device)
     for x, xhat, codes, mask in batches:
         if mask.dtype != torch.bool or mask.shape != (x.shape[0],):
             raise ValueError(f"outlier_mask must be a bool tensor of shape ({x.shape[0]},), got {mask.dtype} {tuple(mask.shape)}")
@@ -110,9 +130,9 @@ def metrics_of_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch
         codes = codes.to(device)
         everything.add(x64, xhat64, codes)
         outliers.add(x64[mask], xhat64[mask], codes[mask])
-        fire_counts += (codes != 0).sum(0).double()
     if everything.n == 0:
         raise ValueError("reconstruction_metrics got no tokens")
+    fire_counts = everything.fire_counts
     firing_rate = fire_counts / everything.n
     return ReconstructionMetrics(
         fvu_all=everything.fvu(),
@@ -125,4 +145,6 @@ def metrics_of_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch
         n_outlier=outliers.n,
         dead_fraction=float((fire_counts == 0).double().mean()),
         dense_fraction=float((firing_rate > DENSE_FIRING_FRACTION).double().mean()),
+        outlier_top1_share=outliers.top1_share / outliers.n_coded if outliers.n_coded else math.nan,
+        outlier_shared_latents=int((outliers.fire_counts > SHARED_FIRING_FRACTION * outliers.n).sum()),
     )

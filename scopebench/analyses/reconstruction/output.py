@@ -27,6 +27,11 @@ class ReconstructionOutput(AnalysisOutput):
                                          "percent", column="dead %", default=None)
     dense_pct: Optional[float] = quantity("percent of SAE latents that fire on more than 10% of the evaluation "
                                           "tokens", "percent", default=None)
+    o_top1_share: Optional[float] = quantity(
+        "outlier tokens' mean share of the squared code in its largest latent, max_j a_j^2 / sum_j a_j^2 (1: one "
+        "latent codes the token)", "unitless", default=None)
+    o_shared_latents: Optional[float] = quantity("latents that fire on more than half of the outlier tokens",
+                                                 "latents", default=None)
     dict_size: Optional[float] = quantity("number of SAE latents", "latents", default=None)
     n_tokens: Optional[float] = quantity("evaluation patch tokens (set A)", "tokens", default=None)
     n_outlier: Optional[float] = quantity("outlier tokens among them (set O)", "tokens", default=None)
