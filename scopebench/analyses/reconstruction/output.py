@@ -18,7 +18,7 @@ class ReconstructionOutput(AnalysisOutput):
     l0_a: Optional[float] = quantity("mean number of non-zero latents per token, all tokens", "latents",
                                      column="L0_A", default=None)
     l0_o: Optional[float] = quantity("mean number of non-zero latents per token, outlier tokens", "latents",
-                                     default=None)
+                                     column="L0_O", default=None)
     cs_a: Optional[float] = quantity("mean cosine similarity of token and reconstruction, all tokens", "cosine",
                                      column="CS_A", default=None)
     cs_o: Optional[float] = quantity("mean cosine similarity of token and reconstruction, outlier tokens",
@@ -29,7 +29,7 @@ class ReconstructionOutput(AnalysisOutput):
                                           "tokens", "percent", default=None)
     o_top1_share: Optional[float] = quantity(
         "outlier tokens' mean share of the squared code in its largest latent, max_j a_j^2 / sum_j a_j^2 (1: one "
-        "latent codes the token)", "unitless", default=None)
+        "latent codes the token)", "unitless", column="O top1", default=None)
     o_shared_latents: Optional[float] = quantity("latents that fire on more than half of the outlier tokens",
                                                  "latents", default=None)
     dict_size: Optional[float] = quantity("number of SAE latents", "latents", default=None)
