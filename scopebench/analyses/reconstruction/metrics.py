@@ -56,11 +56,8 @@ class _TokenSetSums:
         self.n = 0
         self.sq_err = 0.0
         self.sq_norm = 0.0
-        self.l0 = 0.0
         self.cos = 0.0
-        self.top1_share = 0.0  # sum over tokens with a non-zero code of max_j a_j^2 / sum_j a_j^2
-        self.n_coded = 0
-        self.fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)  # tokens each latent fired on
         self.sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
 
     def add(self, x: torch.Tensor, xhat: torch.Tensor, codes: torch.Tensor) -> None:
@@ -70,14 +67,8 @@ class _TokenSetSums:
         self.sq_err += float((x - xhat).pow(2).sum())
         self.sq_norm += float(x.pow(2).sum())
         self.sum_x += x.sum(0)
-        self.l0 += float((codes != 0).sum())
         self.cos += float(torch.nn.functional.cosine_similarity(x, xhat, dim=1, eps=1e-12).sum())
         self.fire_counts += (codes != 0).sum(0).double()
-        energy = codes.double().pow(2)
-        total = energy.sum(1)
-        coded = total > 0
-        self.n_coded += int(coded.sum())
-        self.top1_share += float((energy.amax(1)[coded] / total[coded]).sum())
 
     def fvu(self) -> float:
         if self.n == 0:
@@ -87,6 +78,30 @@ class _TokenSetSums:
 
     def mean(self, total: float) -> float:
         return total / self.n if self.n else math.nan
+
+    def l0(self) -> float:
+        """Mean active latents per token: every firing counted once, so the firing counts' total."""
+        return self.mean(float(self.fire_counts.sum()))
+
+
+class _OutlierSums(_TokenSetSums):
+    """The outlier set's sums, with the shape of its codes (only outliers need it: [n, d_sae] work per batch)."""
+
+    def __init__(self, d_in: int, d_sae: int, device: str | torch.device) -> None:
+        super().__init__(d_in, d_sae, device)
+        self.top1_share = 0.0  # sum over tokens with a non-zero code of max_j a_j^2 / sum_j a_j^2
+        self.n_coded = 0
+
+    def add(self, x: torch.Tensor, xhat: torch.Tensor, codes: torch.Tensor) -> None:
+        super().add(x, xhat, codes)
+        energy = codes.double().pow(2)
+        total = energy.sum(1)
+        coded = total > 0
+        self.n_coded += int(coded.sum())
+        self.top1_share += float((energy.amax(1)[coded] / total[coded]).sum())
+
+    def mean_top1_share(self) -> float:
+        return self.top1_share / self.n_coded if self.n_coded else math.nan
 
 
 @torch.no_grad()
@@ -121,7 +136,7 @@ def metrics_of_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch
                        d_in: int, d_sae: int, device: str = "cpu") -> ReconstructionMetrics:
     """The accumulation itself, over ``(x, xhat, codes, outlier_mask)`` batches (sums in float64)."""
     everything = _TokenSetSums(d_in, d_sae, device)
-    outliers = _TokenSetSums(d_in, d_sae, device)
+    outliers = _OutlierSums(d_in, d_sae, device)
     for x, xhat, codes, mask in batches:
         if mask.dtype != torch.bool or mask.shape != (x.shape[0],):
             raise ValueError(f"outlier_mask must be a bool tensor of shape ({x.shape[0]},), got {mask.dtype} {tuple(mask.shape)}")
@@ -137,14 +152,14 @@ def metrics_of_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch
     return ReconstructionMetrics(
         fvu_all=everything.fvu(),
         fvu_outlier=outliers.fvu(),
-        l0_all=everything.mean(everything.l0),
-        l0_outlier=outliers.mean(outliers.l0),
+        l0_all=everything.l0(),
+        l0_outlier=outliers.l0(),
         cos_all=everything.mean(everything.cos),
         cos_outlier=outliers.mean(outliers.cos),
         n_all=everything.n,
         n_outlier=outliers.n,
         dead_fraction=float((fire_counts == 0).double().mean()),
         dense_fraction=float((firing_rate > DENSE_FIRING_FRACTION).double().mean()),
-        outlier_top1_share=outliers.top1_share / outliers.n_coded if outliers.n_coded else math.nan,
+        outlier_top1_share=outliers.mean_top1_share(),
         outlier_shared_latents=int((outliers.fire_counts > SHARED_FIRING_FRACTION * outliers.n).sum()),
     )
