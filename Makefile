@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench bench-seeds perf perf-compare faults regression precision-effect leaderboard-png install clean
+.PHONY: test bench bench-seeds outlier-study perf perf-compare faults regression precision-effect leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-seeds: $(STAMP)
 		$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes $(SEED_RECIPES) --no-progress --seed $$s \
 			--results-dir $$d/seed-$$s --cache-dir $$d/cache --plots-dir $$d/plots-$$s || status=1; \
 	done; $(PY) bench/seed_margins.py $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) || status=1; exit $$status
+
+# How the trainer's first steps shape BatchTopK's outlier code and the CDS partition on the planted default
+# (README, "Fidelity of the planted default"): four trainer variants x SEEDS, one table.
+outlier-study: $(STAMP)
+	$(PY) bench/outlier_code_study.py --seeds $(SEEDS) --no-progress
 
 # Regression mode on the planted default against the committed baseline (bench/baseline): every quantity
 # within its seed-spread tolerance, no claim verdict flipped. Results go to a temporary folder.

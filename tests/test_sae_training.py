@@ -247,3 +247,15 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_recipe(bad_value)
     with pytest.raises(ValueError, match="d_in=16 but the tokens have d_in=8"):
         TopKRecipe(d_in=16).sae_config(8)
+
+
+@pytest.mark.parametrize("scale", [None, 1.0, 0.25])
+def test_encoder_starts_at_the_recipes_scale_of_the_decoder(planted, scale):
+    """``encoder_init_scale`` (default: the recipes' 0.1) sets W_enc = scale x W_dec at step 0 and is recorded."""
+    recipe = dict(RECIPE) if scale is None else {**RECIPE, "encoder_init_scale": scale}
+    expected = 0.1 if scale is None else scale
+    sae = train_sae(recipe, planted[0], seed=0, progress=False, max_steps=0).sae
+    w_enc, w_dec = sae.W_enc.detach(), sae.W_dec.detach()
+    assert torch.allclose(w_dec.norm(dim=1), torch.ones(sae.d_sae))
+    assert torch.equal(w_enc, expected * w_dec)
+    assert sae.config["encoder_init_scale"] == expected

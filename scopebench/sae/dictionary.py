@@ -15,7 +15,7 @@ from torch import nn
 
 
 _EPS = 1e-12
-ENCODER_INIT_SCALE = 0.1  # see DictionarySAE.initialise
+ENCODER_INIT_SCALE = 0.1  # the recipes' default encoder_init_scale: see DictionarySAE.initialise
 
 
 class _ArchitectureName:
@@ -59,18 +59,22 @@ class DictionarySAE(nn.Module):
         return self.config_schema.model_fields[name].get_default(call_default_factory=True)
 
     @torch.no_grad()
-    def initialise(self, generator: torch.Generator, data_mean: torch.Tensor | None = None) -> None:
-        """Random unit decoder rows, encoder = ``ENCODER_INIT_SCALE`` x decoder, ``b_dec`` = data mean.
+    def initialise(self, generator: torch.Generator, data_mean: torch.Tensor | None = None,
+                   encoder_scale: float = ENCODER_INIT_SCALE) -> None:
+        """Random unit decoder rows, encoder = ``encoder_scale`` x decoder, ``b_dec`` = data mean.
 
-        A full-scale tied encoder starts with codes as large as the tokens, summed over k
-        random directions: the first reconstructions overshoot (FVU far above 1 on
-        heavy-tailed token norms) and early steps are spent undoing that.  A small encoder
-        starts near FVU 1, as SAELens' small decoder-norm init does; on the planted default
-        the same number of steps then reaches a 9x lower FVU.
+        Training passes the recipe's ``encoder_init_scale``.  A full-scale tied encoder (1) starts with
+        codes as large as the tokens, summed over k random directions: the first reconstructions overshoot
+        (FVU far above 1 on heavy-tailed token norms) and early steps are spent undoing that.  A small
+        encoder starts near FVU 1, as SAELens' small decoder-norm init does; on the planted default the
+        same number of steps then reaches a 9x lower FVU.  The choice also shapes the outlier code: on the
+        planted default, the small encoder lets BatchTopK spread each high-norm outlier over ~250 latents,
+        and the tied one with fast first steps does not (README, "Fidelity of the planted default";
+        ``make outlier-study``).
         """
         w = torch.randn(self.d_sae, self.d_in, generator=generator)
         self.W_dec.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(_EPS))
-        self.W_enc.copy_(ENCODER_INIT_SCALE * self.W_dec)
+        self.W_enc.copy_(encoder_scale * self.W_dec)
         self.b_enc.zero_()
         self.b_dec.copy_(data_mean if data_mean is not None else torch.zeros(self.d_in))
 

@@ -254,13 +254,15 @@ def _load_state(path: Path, sae: DictionarySAE, opt: torch.optim.Optimizer, fing
 
 def _initial_state(sae: DictionarySAE, tokens: Any, recipe: SAERecipeBase, seed: int,
                    controller: L0Controller | None) -> _RunState:
-    """Input scale (mean norm -> sqrt(d_in)) and data-mean decoder bias, from a seeded sample."""
+    """Input scale (mean norm -> sqrt(d_in)), data-mean decoder bias and the recipe's encoder scale, from a seeded
+    sample."""
     n_images, n_patches, d_in = tokens.shape
     rng = np.random.default_rng([seed, 2**31 - 1])
     flat = np.sort(rng.choice(n_images * n_patches, size=min(_SCALE_SAMPLE, n_images * n_patches), replace=False))
     sample = _read_tokens(tokens, flat // n_patches, flat % n_patches, 1.0)
     scale = math.sqrt(d_in) / float(sample.norm(dim=1).mean()) if recipe.normalize_activations else 1.0
-    sae.initialise(torch.Generator().manual_seed(seed), data_mean=sample.mean(0) * scale)
+    sae.initialise(torch.Generator().manual_seed(seed), data_mean=sample.mean(0) * scale,
+                   encoder_scale=recipe.encoder_init_scale)
     return _RunState(0, scale, torch.zeros(sae.d_sae, dtype=torch.long), [], controller)
 
 
