@@ -25,7 +25,7 @@ non-strict relation holds when the margin is >= 0, a strict one when it is > 0; 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -458,6 +458,17 @@ def compared_keys(claim: Claim, measured: Mapping[str, float]) -> list[str]:
     for pair in _pairs(claim.relation, measured):
         keys += [k for k in pair if isinstance(k, str) and k not in keys]
     return keys
+
+
+def margin_tolerance(claim: Claim, measured: Mapping[str, float], tolerance_of: Callable[[str], float]) -> float:
+    """How far ``claim``'s margin can move while each quantity it compares stays within ``tolerance_of(key)``.
+
+    A comparison ``a op f x b`` moves by at most ``tol(a) + f tol(b)`` (a constant ``b``: ``tol(a)``); the
+    verdict's margin is its worst comparison's, so this is the largest over the comparisons.
+    """
+    factor = 1.0 if claim.relation.along is not None else claim.relation.factor
+    return max((tolerance_of(left) + (factor * tolerance_of(right) if isinstance(right, str) else 0.0)
+                for left, right in _pairs(claim.relation, measured)), default=0.0)
 
 
 def evaluate(claim: Claim, measured: Mapping[str, float]) -> Verdict:

@@ -22,6 +22,7 @@ from typing import Any
 from tabulate import tabulate
 
 from scopebench.analyses import ANALYSES
+from scopebench.claims.registry import CLAIMS_BY_ID, margin_tolerance
 from scopebench.results.records import ResultFileError, ResultRecord, load_result, result_path, write_result
 
 TOLERANCES_FILE = "meta/tolerances.json"  # a subfolder: the baseline folder itself holds only result files
@@ -53,6 +54,36 @@ def _who(record: ResultRecord) -> str:
     return f"{record.backbone.name}/{_label(record)}"
 
 
+def _within_tolerance(runs: Sequence[Sequence[ResultRecord]], quantities: dict[str, dict[str, Any]]) -> set[str]:
+    """``backbone/SAE/claim`` of the verdicts whose margin, at some seed, is no larger than
+    :func:`~scopebench.claims.registry.margin_tolerance` of the claim's quantities.
+
+    Drift within the tolerances is not a regression, so a verdict it can flip (a CPU whose rounding moves a
+    probe's mIoU by less than its seed spread) must not fail one either.  Quantities without a tolerance
+    (derived ones, e.g. high_share) count as exact.
+    """
+    by_name: dict[str, dict[str, float]] = {}
+    for key, entry in quantities.items():  # backbone/SAE/analysis/quantity
+        backbone, sae, _, name = key.split("/", 3)
+        by_name.setdefault(f"{backbone}/{sae}", {})[name] = entry["tolerance"]
+    near = set()
+    for run in runs:
+        for record in run:
+            tolerance = by_name.get(_who(record), {})
+            for claim_id, verdict in record.claims.items():
+                claim = CLAIMS_BY_ID.get(claim_id)
+                if claim is None or verdict.margin is None:
+                    continue
+                measured = {k: v for k, v in verdict.measured.items() if v is not None}
+                try:
+                    slack = margin_tolerance(claim, measured, lambda name: tolerance.get(name, 0.0))
+                except ValueError:  # the file lacks a value the claim compares: nothing to judge
+                    continue
+                if abs(verdict.margin) <= slack:
+                    near.add(f"{_who(record)}/{claim_id}")
+    return near
+
+
 def spread_tolerances(runs: Sequence[Sequence[ResultRecord]], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tolerances from result records of several seeds (``runs[0]`` the reference seed).
 
@@ -78,10 +109,12 @@ def spread_tolerances(runs: Sequence[Sequence[ResultRecord]], earlier: dict[str,
         for record in run:
             for claim, verdict in record.claims.items():
                 verdicts.setdefault(f"{_who(record)}/{claim}", set()).add(verdict.passed)
-    # verdicts the seeds themselves disagree on: their flip is within the spread, not a regression
-    unstable = {key for key, seen in verdicts.items() if len(seen) > 1}
+    # verdicts the seeds themselves disagree on, or that some seed holds by less than the tolerances of the
+    # quantities they compare: their flip is within the spread, not a regression
+    unstable = {key for key, seen in verdicts.items() if len(seen) > 1} | _within_tolerance(runs, quantities)
     method = (f"tolerance = max({TOLERANCE_FACTOR:g} x the largest |x_seed - x_0| over the seeds, "
-              f"{REL_FLOOR:g} x |baseline|)")
+              f"{REL_FLOOR:g} x |baseline|); a verdict is unstable when the seeds disagree on it or a seed's "
+              "margin is within what the tolerances of its quantities allow")
     found: dict[str, Any] = {"method": method, "seeds": len(runs), "quantities": quantities}
     if earlier is not None:
         unstable |= set(earlier.get("unstable_verdicts", [])) & set(verdicts)
