@@ -8,7 +8,9 @@ that no seed moves (attention EMD needs no SAE) still differ across CPUs in thei
 ``scopebench tolerances SEED_DIR...`` writes the file; docs/regression.md lists the values.
 
 A run regresses when a quantity moves more than its tolerance, a baseline quantity is missing, or a
-claim's verdict flips. Records are matched by backbone (and its weights) and SAE name.
+claim's verdict flips, unless the tolerance runs could not pin that verdict down (``unstable_verdicts``:
+the runs disagree on it, or one holds it by less than its quantities' tolerances let its margin move).
+Records are matched by backbone (and its weights) and SAE name.
 """
 from __future__ import annotations
 
