@@ -19,7 +19,7 @@ from tabulate import tabulate
 from scopebench.atomic import write_json_atomic
 from scopebench.sae import load_recipe
 from scopebench.pipeline.cache import ActivationStore, default_cache_dir
-from scopebench.suite.scales import PLANTED_SCALE
+from scopebench.suite.scales import PLANTED_SCALE, BenchScale
 from scopebench.suite.workbench import Workbench
 
 #: name -> SAE recipe fields replaced on top of the planted scale's own overrides
@@ -35,11 +35,15 @@ COUNTS = ("O shared", "n_low", "n_high")
 CDS = {"gamma": "gamma", "n_low": "n_low", "n_high": "n_high", "high share": "high_share"}
 
 
+def variant_scale(overrides: dict[str, float | int]) -> BenchScale:
+    """The planted scale with ``overrides`` on top of its own SAE overrides (which they extend, not replace)."""
+    return PLANTED_SCALE.updated({"sae_overrides": {**PLANTED_SCALE.sae_overrides, **overrides}})
+
+
 def measure(store: ActivationStore, overrides: dict[str, float | int], seed: int, recipe: str,
             progress: bool) -> dict[str, float | None]:
     """One row: the variant's SAE at ``seed``, its reconstruction and CDS quantities (None where NaN)."""
-    scale = PLANTED_SCALE.updated({"sae_overrides": {**PLANTED_SCALE.sae_overrides, **overrides}})
-    bench = Workbench(store, progress=progress, scales={"planted": scale}, seed=seed)
+    bench = Workbench(store, progress=progress, scales={"planted": variant_scale(overrides)}, seed=seed)
     values = bench.run("reconstruction", "planted", recipe).model_dump()
     values.update(bench.run("cds", "planted", recipe).model_dump())
     row = {column: values.get(key) for column, key in {**RECONSTRUCTION, **CDS}.items()}
@@ -49,7 +53,7 @@ def measure(store: ActivationStore, overrides: dict[str, float | int], seed: int
 
 def describe(name: str, recipe: str) -> str:
     """``name: encoder init scale, lr, warm-up steps`` of a variant, as the planted scale trains ``recipe``."""
-    fields = {**load_recipe(recipe).model_dump(), **PLANTED_SCALE.sae_overrides, **VARIANTS[name]}
+    fields = {**load_recipe(recipe).model_dump(), **variant_scale(VARIANTS[name]).sae_overrides}
     return (f"{name}: encoder {fields['encoder_init_scale']:g} x decoder, lr {fields['lr']:g}, "
             f"warm-up {fields['lr_warmup_steps']} steps")
 
