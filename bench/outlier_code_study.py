@@ -10,7 +10,6 @@ extracted once into the cache and shared by every row; each row trains its own S
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 

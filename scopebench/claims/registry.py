@@ -466,7 +466,7 @@ def margin_tolerance(claim: Claim, measured: Mapping[str, float], tolerance_of: 
     A comparison ``a op f x b`` moves by at most ``tol(a) + f tol(b)`` (a constant ``b``: ``tol(a)``); the
     verdict's margin is its worst comparison's, so this is the largest over the comparisons.
     """
-    factor = 1.0 if claim.relation.along is not None else claim.relation.factor
+    factor = claim.relation.factor  # 1 for a monotone relation (Relation checks it)
     return max((tolerance_of(left) + (factor * tolerance_of(right) if isinstance(right, str) else 0.0)
                 for left, right in _pairs(claim.relation, measured)), default=0.0)
 

@@ -95,8 +95,8 @@ class SAERecipeBase(ArchitectureConfig):
     lr_decay_fraction: float = Field(0.2, ge=0, le=1, description="linear decay to 0 over this final fraction")
     normalize_activations: bool = Field(True, description="train on tokens scaled to mean norm sqrt(d_in), folded back after")
     encoder_init_scale: float = Field(
-        ENCODER_INIT_SCALE, gt=0, description="encoder rows = this x the unit decoder rows at initialisation (1: tied, as Gao et al. "
-                               "2024); see DictionarySAE.initialise")
+        ENCODER_INIT_SCALE, gt=0, description="encoder rows = this x the unit decoder rows at initialisation "
+                                              "(1: tied, as Gao et al. 2024); see DictionarySAE.initialise")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable training-state saves")
     # dead latents (tracked for every architecture; the TopK family also trains them with AuxK)
     dead_after_tokens: int = Field(1_000_000, gt=0, description="a latent is dead after this many tokens without firing")
