@@ -94,12 +94,12 @@ def spread_tolerances(runs: Sequence[Sequence[ResultRecord]], earlier: dict[str,
     so.  A new baseline measured on one machine would otherwise forget the spread only another CPU shows,
     and a CI runner with that CPU would fail on rounding.
     """
-    reference = {_who(r): _quantities(r) for r in runs[0]}
+    measured = [{_who(r): _quantities(r) for r in run} for run in runs]  # once per record, not per quantity
     previous = {} if earlier is None else earlier["quantities"]
     quantities: dict[str, dict[str, Any]] = {}
-    for key, values in reference.items():
+    for key, values in measured[0].items():
         for name, base in values.items():
-            others = [_quantities(r).get(name) for run in runs[1:] for r in run if _who(r) == key]
+            others = [run[key].get(name) for run in measured[1:] if key in run]
             spread = max((abs(v - base) for v in others if v is not None), default=0.0)
             entry = {"spread": spread, "tolerance": max(TOLERANCE_FACTOR * spread, REL_FLOOR * abs(base))}
             kept = previous.get(f"{key}/{name}")
