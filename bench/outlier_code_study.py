@@ -64,7 +64,7 @@ def matching_pursuit_fvu(tokens: torch.Tensor, dictionary: torch.Tensor, steps: 
 
 
 def atom_recovery(decoder: torch.Tensor, atoms: torch.Tensor) -> float:
-    """Mean over ``atoms`` (rows) of the largest |cos| with any ``decoder`` row: 1 when every atom has its own latent."""
+    """Mean over ``atoms`` (rows) of the largest |cos| with any ``decoder`` row (1: each atom has its own latent)."""
     unit = torch.nn.functional.normalize
     cos = unit(atoms.double(), dim=1) @ unit(decoder.double(), dim=1).T
     return float(cos.abs().amax(1).mean())
