@@ -29,10 +29,10 @@ from scopebench.suite.workbench import Workbench
 
 #: name -> SAE recipe fields replaced on top of the planted scale's own overrides
 VARIANTS: dict[str, dict[str, float | int]] = {
-    "default": {},
-    "tied": {"encoder_init_scale": 1.0},
-    "tied, fast start": {"encoder_init_scale": 1.0, "lr": 1e-2, "lr_warmup_steps": 10},
-    "fast start": {"lr": 1e-2, "lr_warmup_steps": 10},
+    "default": {},  # the planted scale's trainer: tied encoder, lr 1e-2, 10 warm-up steps
+    "untied": {"encoder_init_scale": 0.1},
+    "slow start": {"lr": 3e-3, "lr_warmup_steps": 100},
+    "v7's trainer": {"encoder_init_scale": 0.1, "lr": 3e-3, "lr_warmup_steps": 100},
 }
 RECONSTRUCTION = {"L0_A": "l0_a", "L0_O": "l0_o", "O top1": "o_top1_share", "O shared": "o_shared_latents",
                   "dead %": "dead_pct"}

@@ -401,17 +401,20 @@ def test_a_known_planted_miss_reads_known_miss_on_planted_only() -> None:
     from scopebench.results.leaderboard import _claims
     from scopebench.results.records import ClaimVerdict
 
-    claim = "table6.outliers-fewer-latents"  # a registered known planted miss (Claim.planted_miss)
-    missed = ClaimVerdict(passed=False, detail="l0_o < l0_a fails", source="Table 6", measured={})
+    claim = "table3.cls-high-removal-improves"  # a registered known planted miss (Claim.planted_miss)
+    missed = ClaimVerdict(passed=False, detail="cls_gain_high_removed_lo > 0 fails", source="Table 3", measured={})
     held = ClaimVerdict(passed=True, detail="fvu_o <= fvu_a holds", source="Table 6", measured={})
     claims = {claim: missed, "table6.outliers-reconstructed-better": held}
     planted = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="planted"), sae_architecture="batchtopk")
-    real = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="dinov2-b"), sae_architecture="batchtopk")
-    # the known mechanism is batch-wide selection: a TopK SAE's miss on planted is not excused
+    real = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="clip-b16"), sae_architecture="batchtopk")
+    # the planted data's miss: excused for every SAE on planted, for none elsewhere
     topk = SimpleNamespace(claims=claims, backbone=SimpleNamespace(name="planted"), sae_architecture="topk")
-    assert _verdict(planted, claim)[0] == "known miss"
+    assert _verdict(planted, claim)[0] == "known miss" and _verdict(topk, claim)[0] == "known miss"
     assert _verdict(real, claim)[0] == "not held"
-    assert _verdict(topk, claim)[0] == "not held" and _claims(topk) == f"1/2 (not: {claim})"
     assert _verdict(planted, "table6.outliers-reconstructed-better")[0] == "held"
     assert _claims(planted) == f"1/2 (not: {claim} (known miss))"
     assert _claims(real) == f"1/2 (not: {claim})"
+    # a missed claim that is not a known miss reads "not held" on planted too
+    unexcused = SimpleNamespace(claims={"table6.outliers-fewer-latents": missed}, sae_architecture="batchtopk",
+                                backbone=SimpleNamespace(name="planted"))
+    assert _verdict(unexcused, "table6.outliers-fewer-latents")[0] == "not held"

@@ -22,16 +22,17 @@ def _module():
 def test_a_variant_extends_the_planted_scales_overrides_and_the_default_row_is_the_planted_default() -> None:
     study = _module()
     assert study.variant_scale(study.VARIANTS["default"]) == PLANTED_SCALE
-    fast = study.variant_scale(study.VARIANTS["tied, fast start"]).sae_overrides
-    assert fast["n_tokens"] == PLANTED_SCALE.sae_overrides["n_tokens"]  # kept, not replaced
-    assert (fast["lr"], fast["lr_warmup_steps"], fast["encoder_init_scale"]) == (1e-2, 10, 1.0)
+    old = study.variant_scale(study.VARIANTS["v7's trainer"]).sae_overrides
+    assert old["n_tokens"] == PLANTED_SCALE.sae_overrides["n_tokens"]  # kept, not replaced
+    assert (old["lr"], old["lr_warmup_steps"], old["encoder_init_scale"]) == (3e-3, 100, 0.1)
 
 
-def test_each_row_names_the_trainer_it_ran_recipe_values_under_the_scales() -> None:
-    """The warm-up comes from the recipe (100) unless a variant sets it; lr from the planted scale (3e-3)."""
+def test_each_row_names_the_trainer_it_ran_under_the_planted_scale() -> None:
+    """The planted scale sets the encoder scale, the learning rate and the warm-up; a variant replaces some."""
     study = _module()
-    assert study.describe("default", "batchtopk") == "default: encoder 0.1 x decoder, lr 0.003, warm-up 100 steps"
-    assert study.describe("fast start", "batchtopk") == "fast start: encoder 0.1 x decoder, lr 0.01, warm-up 10 steps"
+    assert study.describe("default", "batchtopk") == "default: encoder 1 x decoder, lr 0.01, warm-up 10 steps"
+    assert study.describe("untied", "batchtopk") == "untied: encoder 0.1 x decoder, lr 0.01, warm-up 10 steps"
+    assert study.describe("slow start", "batchtopk") == "slow start: encoder 1 x decoder, lr 0.003, warm-up 100 steps"
 
 
 def _orthonormal(d: int, seed: int) -> torch.Tensor:

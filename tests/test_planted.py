@@ -42,7 +42,7 @@ def _patch_pixels(maps: torch.Tensor) -> torch.Tensor:
 
 def test_satisfies_backbone_protocol_and_shapes(backbone, pixels):
     assert isinstance(backbone, Backbone)
-    assert backbone.weights_id == "planted:v7:seed0"
+    assert backbone.weights_id == "planted:v8:seed0"
     assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.std == (0.5, 0.5, 0.5)
     out = backbone.forward_layer(pixels[:3], attention=True)
     n, d = SIDE * SIDE, SPEC.embed_dim
@@ -67,8 +67,18 @@ def test_tokens_are_local_plus_global_in_orthogonal_subspaces(backbone, pixels):
     assert torch.equal(truth.global_part.norm(dim=-1) > 0, truth.outlier_mask)
     torch.testing.assert_close(truth.local_part, truth.local_codes @ backbone.local_atoms)
     assert (truth.local_codes >= 0).all()
-    active = (truth.local_codes > 0).sum(-1).float()
+    detectors, fine = truth.local_codes[..., :planted.N_LOCAL], truth.local_codes[..., planted.N_LOCAL:]
+    active = (detectors > 0).sum(-1).float()
     assert active.max() <= 12 and active.min() >= 2  # sparse, never empty
+    # the fine texture: at most FINE_TOP_K of N_FINE atoms per patch, of norm FINE_NORM on a normal patch
+    assert fine.shape[-1] == planted.N_FINE and (fine > 0).sum(-1).max() <= planted.FINE_TOP_K
+    textured = ~truth.outlier_mask & (fine.norm(dim=-1) > 0)
+    assert textured.float().mean() > 0.9
+    torch.testing.assert_close(fine.norm(dim=-1)[textured], torch.full((int(textured.sum()),), planted.FINE_NORM))
+    # the detectors are orthonormal and the fine atoms unit-norm, each group in its own subspace
+    atoms = backbone.local_atoms
+    torch.testing.assert_close(atoms.norm(dim=-1), torch.ones(atoms.shape[0]), atol=1e-5, rtol=0)
+    assert (atoms[planted.N_LOCAL:] @ atoms[:planted.N_LOCAL].T).abs().max() < 1e-5
     # the global vectors are non-negative mixes of the global atoms
     coeffs = truth.global_part[truth.outlier_mask] @ backbone.global_atoms.T
     assert (coeffs > -1e-4).all()
@@ -76,23 +86,22 @@ def test_tokens_are_local_plus_global_in_orthogonal_subspaces(backbone, pixels):
                                atol=1e-4, rtol=0)
 
 
-def test_normal_tokens_carry_a_moving_context_mix_in_the_global_subspace(backbone, pixels):
+def test_normal_tokens_carry_context_atoms_orthogonal_to_the_outliers_on_moving_blobs(backbone, pixels):
     truth = backbone.truth(pixels)
     context = truth.context_part
     assert (context @ truth.local_basis).abs().max() < 1e-4
+    assert (context @ backbone.global_atoms.T).abs().max() < 1e-4  # never along an outlier atom
     assert (context[truth.outlier_mask] == 0).all()  # outliers carry the global vector instead
-    amplitude = truth.context_amplitude
-    # scaled to peak 1 per view before the outlier positions are cleared
-    assert amplitude.min() >= 0 and amplitude.max() <= 1 + 1e-6 and amplitude.amax(-1).min() > 0.5
+    amplitude, chosen = truth.context_amplitude, truth.context_choice
+    assert amplitude.shape == (pixels.shape[0], planted.CONTEXT_PER_VIEW, SIDE * SIDE)
+    assert amplitude.min() >= 0 and amplitude.max() <= 1 + 1e-6
     share = (amplitude > 0).float().mean().item()
-    assert 0.2 < share < 0.8  # blobs, not the whole view
-    # the dominant atom plus CONTEXT_ATOMS others, equally weighted, unit-norm mix
-    codes = truth.context_codes
-    assert ((codes > 0).sum(-1) == 1 + planted.CONTEXT_ATOMS).all() and (codes[:, 0] > 0).all()
-    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(codes.shape[0]), atol=1e-6, rtol=0)
-    expected = planted.CONTEXT_NORM * amplitude[..., None] * (codes @ backbone.global_atoms)[:, None, :]
+    assert 0.05 < share < 0.6  # blobs, not the whole view
+    expected = planted.CONTEXT_NORM * torch.einsum("bkn,bkd->bnd", amplitude, backbone.context_atoms[chosen])
     torch.testing.assert_close(context, expected, atol=1e-5, rtol=0)
-    assert len({tuple(c.nonzero().flatten().tolist()) for c in codes}) > 1  # the view chooses the mix
+    # each view carries CONTEXT_PER_VIEW distinct atoms, and views differ in which
+    assert all(len(set(row.tolist())) == planted.CONTEXT_PER_VIEW for row in chosen)
+    assert len({tuple(sorted(row.tolist())) for row in chosen}) > pixels.shape[0] // 2
 
 
 @pytest.mark.parametrize("shift", [1, 3])
@@ -100,7 +109,7 @@ def test_context_blobs_move_with_the_view(backbone, pixels, shift):
     pair = scc(pixels, shift, patch_size=P, grid_side=SIDE)
     a, b = backbone.truth(pair.view_a), backbone.truth(pair.view_b)
     ov = pair.overlap
-    moved = (a.context_amplitude[:, ov.in_a] - b.context_amplitude[:, ov.in_b]).abs().amax(-1) > 0.1
+    moved = (a.context_amplitude[:, :, ov.in_a] - b.context_amplitude[:, :, ov.in_b]).abs().amax(-1) > 0.1
     assert moved.float().mean() >= 0.9
 
 
@@ -121,7 +130,7 @@ def test_outlier_positions_keep_a_tenth_of_their_patch(backbone, pixels):
     assert local_norm[truth.outlier_mask].mean() < 0.2 * local_norm[~truth.outlier_mask].mean()
     with pytest.raises(ValueError, match="outlier_local_share"):
         PlantedBackbone(SPEC, outlier_local_share=1.5)
-    assert PlantedBackbone(SPEC, outlier_local_share=1.0).weights_id == "planted:v7:seed0:olocal=1.0"
+    assert PlantedBackbone(SPEC, outlier_local_share=1.0).weights_id == "planted:v8:seed0:olocal=1.0"
 
 
 def test_outliers_by_norm_match_the_planted_positions(backbone, pixels):
@@ -131,7 +140,7 @@ def test_outliers_by_norm_match_the_planted_positions(backbone, pixels):
     assert 0.02 <= fraction <= 0.03
     normal_max = norms[~truth.outlier_mask].max().item()
     outlier_min = norms[truth.outlier_mask].min().item()
-    assert np.log(outlier_min) - np.log(normal_max) > 0.9  # an empty valley: outliers >= 2.5x any normal norm
+    assert np.log(outlier_min) - np.log(normal_max) > 0.69  # an empty valley: outliers >= 2x any normal norm
     tau = auto_tau(norms.numpy())
     assert torch.equal(norms > tau, truth.outlier_mask)
     for threshold in np.geomspace(normal_max * 1.01, outlier_min * 0.99, 7):
@@ -143,9 +152,9 @@ def test_batch_independent_and_seeded(backbone, pixels):
     alone = backbone.forward_layer(pixels[4:5])
     torch.testing.assert_close(whole.tokens[4:5], alone.tokens)
     other = PlantedBackbone(SPEC, seed=1)
-    assert other.weights_id == "planted:v7:seed1"
+    assert other.weights_id == "planted:v8:seed1"
     assert not torch.allclose(other.forward_layer(pixels[:1]).tokens, whole.tokens[:1], atol=1e-3)
-    assert PlantedBackbone(SPEC, global_norm=30.0).weights_id == "planted:v7:seed0:norm=30.0"
+    assert PlantedBackbone(SPEC, global_norm=30.0).weights_id == "planted:v8:seed0:norm=30.0"
     again = PlantedBackbone(SPEC, seed=0)
     torch.testing.assert_close(again.forward_layer(pixels[:6]).tokens, whole.tokens)
 
@@ -186,7 +195,8 @@ def test_attention_normal_rows_follow_content_outlier_rows_do_not(backbone, pixe
     assert outlier.sum() > 0
     tv = 0.5 * (rows_a - rows_b).abs().sum(-1)  # [B, H, cells]
     assert tv.permute(0, 2, 1)[normal].max() < 0.2  # only the pull toward the view centre differs (next test)
-    assert tv.permute(0, 2, 1)[outlier].min() > 0.3
+    # outlier rows change between views (an outlier query whose view kept the same outliers may not)
+    assert (tv.permute(0, 2, 1)[outlier] > 0.3).float().mean() >= 0.9
     u, v = np.meshgrid(np.arange(ov.side), np.arange(ov.side), indexing="ij")
     centres = np.stack([u.ravel(), v.ravel()], 1).astype(np.float64)
     cost = ot.dist(centres, centres, metric="euclidean")

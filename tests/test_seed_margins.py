@@ -70,12 +70,12 @@ def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, ca
     def scored_miss(raw):
         _margins(raw)
         raw["claims"]["table4.high-cds-minority"].update(passed=False, margin=-1.0, asserted=False)
-        raw["claims"]["table6.outliers-fewer-latents"] = {**raw["claims"]["table4.high-cds-minority"]}
+        raw["claims"]["table3.cls-high-removal-improves"] = {**raw["claims"]["table4.high-cds-minority"]}
     assert seed_margins.main([str(_run(tmp_path, "seed-0", scored_miss))]) == 0
     rows = _rows(capsys.readouterr().out)
     assert rows["table4.high-cds-minority"]["held at every seed"] == "NO"  # scored (leaderboard mode), not known
-    assert rows["table6.outliers-fewer-latents"]["held at every seed"] == "known planted miss"
-    assert rows["table6.outliers-fewer-latents"]["relation"] == "l0_o < l0_a"
+    assert rows["table3.cls-high-removal-improves"]["held at every seed"] == "known planted miss"
+    assert rows["table3.cls-high-removal-improves"]["relation"] == "cls_gain_high_removed_lo > 0"
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         seed_margins.main([str(tmp_path / "empty")])

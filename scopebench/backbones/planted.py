@@ -5,15 +5,18 @@ outlier tokens carrying global information, local features that follow content) 
 arise in trained models.  This instrument plants them by construction, so every
 downstream analysis can be checked against the truth (DESIGN.md, "The planted backbone").
 
-Token of patch ``i`` in a view = ``local_i + context_i + global_i``; the local part lies in one
-subspace of a fixed random orthonormal basis of ``R^D``, the context and global parts in the
-orthogonal rest:
+Token of patch ``i`` in a view = ``local_i + context_i + global_i`` in ``R^256``; a fixed random orthonormal
+basis splits it into a detector subspace (48), a fine-texture subspace (128) and a global subspace (80).  The
+width is v8's point: at 64 (v7), 30 of 2,048 random unit directions reconstruct *any* token to FVU 0.004 by
+matching pursuit, so an SAE there never has to learn the planted atoms (README, "Fidelity of the planted
+default"); at 256 the same random dictionary leaves isotropic tokens at FVU 0.33, and the SAE learns the atoms:
 
-- ``local_i`` is a fixed function of the patch's own pixels only: non-negative
-  responses of a small detector bank (colour sign detectors, oriented grating energies
-  at a few frequencies, contrast, and a constant), sparsified to the strongest texture
-  responses, each response along its own *local atom* (one basis direction).  Identical
-  pixels give identical local parts, so under SCC the overlap's local parts match.
+- ``local_i`` is a fixed function of the patch's own pixels only, so under SCC the overlap's local parts
+  match: non-negative responses of a small detector bank (colour sign detectors, oriented grating energies
+  at a few frequencies, contrast, and a constant), sparsified to the strongest texture responses, each along
+  its own basis direction; plus a *fine texture*: the ``FINE_TOP_K`` strongest of ``N_FINE`` rectified random
+  pixel filters, each along its own random atom of the fine-texture subspace (a sparse code an SAE can
+  recover: many features per token, as in trained ViTs).
 - At outlier positions the local part shrinks to ``outlier_local_share`` (0.1) of the
   patch's responses: as in trained ViTs (Darcet et al. 2024, "Vision Transformers Need
   Registers"), high-norm tokens hold little of their patch, and an SAE reconstructs them
@@ -24,17 +27,17 @@ orthogonal rest:
   vector per view, of norm 0.6-1.4 x ``global_norm`` set by the view: a shared dominant *global
   atom* plus a smaller non-negative mix of the other global atoms with weights from a
   fast-varying function of the view's brightness and contrast (nothing linear about class or depth).
-- ``context_i`` (v7): normal tokens carry view-level context too, as in trained ViTs: a mix of
-  the dominant atom and ``CONTEXT_ATOMS`` other global atoms chosen by the view, carried with
-  a weight from a second view-phased field (blobs that move when the view shifts), peak norm
-  ``CONTEXT_NORM``.  Features an SAE learns for it are context-dependent (high CDS), though most of
-  BatchTopK's high-CDS features on v7 are the outlier code's (README), and a linear classifier
-  barely notices it: removing the high-CDS features changes the probe's top-1 by
-  -0.10 to -0.05 points on 4,096 test scenes (README, "Fidelity of the planted default"), so v7 does not
-  show the classification gain of the paper's Table 3 / Figure 8.
+  Stereotyped, so an SAE codes an outlier with a few latents (Table 6: L0_O < L0_A).
+- ``context_i``: normal tokens carry view-level context too, as in trained ViTs: ``CONTEXT_PER_VIEW`` of
+  ``N_CONTEXT`` atoms of the global subspace's part orthogonal to the outlier atoms, chosen by the view, each
+  on its own view-phased blob field (blobs that move when the view shifts), peak norm ``CONTEXT_NORM``.  The
+  features an SAE learns for it are context-dependent: with the outlier code, they make the high-CDS mode
+  of Table 4 / Figure 6.  A linear classifier barely notices them: removing the high-CDS features changes
+  the probe's top-1 by +0.20 points on 4,096 test scenes, interval [-0.29, +0.68] (README), so v8 does not
+  show the classification gain of the paper's Table 3 / Figure 8 for sure.
 
 Attention (per head): normal queries attend with a Gaussian in patch distance (width
-per head) modulated by local-content similarity and pulled toward the view centre
+per head) modulated by the similarity of the patches' detector responses and pulled toward the view centre
 (``POSITION_BIAS``, in absolute grid coordinates: the same content elsewhere in the view
 is attended a little differently, so normal queries' EMD grows with the SCC shift, the
 paper's Table 9); outlier queries attend near-uniformly with extra weight on the other
@@ -54,20 +57,25 @@ from scopebench.backbones.base import Grid, LayerOutput, Preprocess
 from scopebench.backbones.registry import get_spec
 from scopebench.backbones.spec import BackboneSpec
 
-VERSION = "v7"
+VERSION = "v8"
 N_ORIENTATIONS = 8
 FREQUENCIES = (0.5, 1.0, 1.5, 2.0, 2.5)  # grating detectors, cycles per patch
 N_GLOBAL_ATOMS = 8
 N_TEXTURE = N_ORIENTATIONS * len(FREQUENCIES)
 N_LOCAL = 6 + N_TEXTURE + 2  # colour signs, texture energies, contrast, constant
+FINE_DIM = 128  # dimensions of the fine-texture subspace
+N_FINE = 512  # fine-texture atoms (random directions of that subspace) and the pixel filters behind them
+FINE_TOP_K = 12  # fine-texture atoms each patch carries: recoverable, 12 ln(512 / 12) = 45 is well under 128
+FINE_NORM = 2.0  # norm of a normal patch's fine texture
+N_CONTEXT = 512  # context atoms, in the part of the global subspace the outlier atoms leave free
+CONTEXT_PER_VIEW = 4  # context atoms each view carries, each on its own moving blob field
+CONTEXT_BLOB_CUT = 0.5  # a blob field keeps what exceeds this share of its peak
 OUTLIER_FRACTION = 0.025  # share of patch tokens carrying the global part (5 of 196)
 GLOBAL_NORM = 12.0  # norm of the global vector; normal tokens have norm ~1-3
 GLOBAL_VARIATION = 0.5  # norm of the view-dependent part of the global mix, relative to the shared atom
 TEXTURE_TOP_K = 4  # texture detectors kept per patch
 OUTLIER_LOCAL_SHARE = 0.1  # what remains of an outlier position's local part
-CONTEXT_NORM = 2.0  # peak norm of the context part normal tokens carry (their local part has norm ~1-2)
-CONTEXT_DOMINANT = 1.0  # weight of the dominant (outlier) atom in the context mix, beside the chosen atoms' 1
-CONTEXT_ATOMS = 2  # global atoms each view's context part mixes (chosen by the view)
+CONTEXT_NORM = 1.5  # peak norm of each context atom a normal token carries
 POSITION_BIAS = 1.0  # weight of normal queries' pull toward the view centre (absolute-position signal)
 
 
@@ -76,16 +84,16 @@ class PlantedTruth:
     """What the planted backbone put into the tokens of a batch of views."""
 
     outlier_mask: torch.Tensor  # [B, N] bool: patch positions carrying the global part
-    local_basis: torch.Tensor  # [D, dl] orthonormal columns spanning the local subspace
+    local_basis: torch.Tensor  # [D, dl] orthonormal columns spanning the local subspace (detectors + fine texture)
     global_basis: torch.Tensor  # [D, dg] orthonormal columns spanning the global subspace
-    local_part: torch.Tensor  # [B, N, D]
+    local_part: torch.Tensor  # [B, N, D] local_codes @ local_atoms
     global_part: torch.Tensor  # [B, N, D] zero outside the outlier positions
-    patch_codes: torch.Tensor  # [B, N, dl] detector responses of each patch alone (non-negative)
-    local_codes: torch.Tensor  # [B, N, dl] coefficients on the local atoms: patch_codes, shrunk at outliers
+    patch_codes: torch.Tensor  # [B, N, N_LOCAL + N_FINE] detector, then fine-texture responses of each patch alone
+    local_codes: torch.Tensor  # [B, N, N_LOCAL + N_FINE] on the local atoms: patch_codes, shrunk at outliers
     global_codes: torch.Tensor  # [B, n_global_atoms] non-negative coefficients of each view's global vector
     context_part: torch.Tensor  # [B, N, D] in the global subspace, zero at the outlier positions
-    context_codes: torch.Tensor  # [B, n_global_atoms] non-negative coefficients of each view's context vector
-    context_amplitude: torch.Tensor  # [B, N] in [0, 1]: how much of the context vector each position carries
+    context_choice: torch.Tensor  # [B, CONTEXT_PER_VIEW] long: the context atoms each view carries
+    context_amplitude: torch.Tensor  # [B, CONTEXT_PER_VIEW, N] in [0, 1]: each chosen atom's blob field
 
 
 def _grating_templates(patch: int) -> torch.Tensor:
@@ -112,9 +120,11 @@ class PlantedBackbone:
                  outlier_local_share: float = OUTLIER_LOCAL_SHARE) -> None:
         if spec.source != "planted":
             raise ValueError(f"PlantedBackbone needs a planted spec, got source={spec.source!r} ({spec.name})")
-        if spec.embed_dim < N_LOCAL + N_GLOBAL_ATOMS:
-            raise ValueError(f"planted spec embed_dim={spec.embed_dim} is too small: need at least "
-                             f"{N_LOCAL + N_GLOBAL_ATOMS} ({N_LOCAL} local + {N_GLOBAL_ATOMS} global directions)")
+        needed = N_LOCAL + FINE_DIM + N_GLOBAL_ATOMS + CONTEXT_PER_VIEW
+        if spec.embed_dim < needed:
+            raise ValueError(f"planted spec embed_dim={spec.embed_dim} is too small: need at least {needed} "
+                             f"({N_LOCAL} detector + {FINE_DIM} fine-texture + {N_GLOBAL_ATOMS} outlier directions "
+                             f"+ {CONTEXT_PER_VIEW} free for the context)")
         if spec.image_size % spec.patch_size:
             raise ValueError(f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}")
         self.spec = spec
@@ -135,10 +145,14 @@ class PlantedBackbone:
         gen = torch.Generator().manual_seed(seed)
         dim = spec.embed_dim
         basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
-        self._local_basis = basis[:, :N_LOCAL].float()  # [D, dl]
-        self._global_basis = basis[:, N_LOCAL:].float()  # [D, dg]
-        mix, _ = torch.linalg.qr(torch.randn(dim - N_LOCAL, N_GLOBAL_ATOMS, generator=gen, dtype=torch.float64))
-        self._global_atoms = (self._global_basis.double() @ mix).T.float()  # [n_global, D]
+        self._local_basis = basis[:, :N_LOCAL].float()  # [D, N_LOCAL] one column per detector
+        self._fine_basis = basis[:, N_LOCAL:N_LOCAL + FINE_DIM].float()  # [D, FINE_DIM]
+        self._global_basis = basis[:, N_LOCAL + FINE_DIM:].float()  # [D, dg]
+        dg = dim - N_LOCAL - FINE_DIM
+        # the outlier atoms span the first N_GLOBAL_ATOMS columns of `mix`; the context lives in the rest
+        mix, _ = torch.linalg.qr(torch.randn(dg, N_GLOBAL_ATOMS, generator=gen, dtype=torch.float64), mode="complete")
+        self._global_atoms = (self._global_basis.double() @ mix[:, :N_GLOBAL_ATOMS]).T.float()  # [n_global, D]
+        context_free = self._global_basis.double() @ mix[:, N_GLOBAL_ATOMS:]  # [D, dg - n_global]
         n_stats = 3 + N_ORIENTATIONS + 1
         self._global_mixing = torch.randn(N_GLOBAL_ATOMS, n_stats, generator=gen, dtype=torch.float64)
         # outlier-position field: a few plane waves over the grid, phases set per view
@@ -149,15 +163,23 @@ class PlantedBackbone:
         self._head_widths = torch.linspace(0.7, 2.0, spec.n_heads)  # Gaussian width in patches
         self._magnitude_weights = torch.randn(n_stats, generator=gen, dtype=torch.float64)
         self._head_content = torch.linspace(0.0, 3.0, spec.n_heads)  # weight of local-content similarity
-        # context field and mix: drawn last, so the draws above are those of v6
+        # context: blob fields (one phase map per carried atom), which atoms a view carries, the atoms themselves
         self._context_waves = torch.randint(-3, 4, (4, 2), generator=gen).double()
         self._context_waves[self._context_waves.abs().sum(1) == 0] = 1.0
-        self._context_phase_weights = torch.randn(4, n_stats, generator=gen, dtype=torch.float64)
-        self._context_mixing = torch.randn(N_GLOBAL_ATOMS - 1, n_stats, generator=gen, dtype=torch.float64)
+        self._context_phase_weights = torch.randn(CONTEXT_PER_VIEW, 4, n_stats, generator=gen, dtype=torch.float64)
+        self._context_select = torch.randn(N_CONTEXT, n_stats, generator=gen, dtype=torch.float64)
+        self._context_atoms = F.normalize(torch.randn(N_CONTEXT, context_free.shape[1], generator=gen,
+                                                      dtype=torch.float64), dim=1) @ context_free.T  # [N_CONTEXT, D]
+        # fine texture: rectified random linear filters of the patch's pixels, each along its own atom
+        n_pixels = 3 * spec.patch_size ** 2
+        self._fine_filters = torch.randn(n_pixels, N_FINE, generator=gen, dtype=torch.float64) / n_pixels ** 0.5
+        self._fine_atoms = (F.normalize(torch.randn(N_FINE, FINE_DIM, generator=gen, dtype=torch.float64), dim=1)
+                            @ self._fine_basis.double().T).float()  # [N_FINE, D]
+        self._context_atoms = self._context_atoms.float()
 
     @property
     def weights_id(self) -> str:
-        """``planted:v7:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
+        """``planted:<VERSION>:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
                  "topk": (self.texture_top_k, TEXTURE_TOP_K),
                  "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE),
@@ -167,13 +189,18 @@ class PlantedBackbone:
 
     @property
     def local_atoms(self) -> torch.Tensor:
-        """``[dl, D]`` unit directions of the local detectors (rows)."""
-        return self._local_basis.T.contiguous()
+        """``[N_LOCAL + N_FINE, D]`` unit directions (rows): the detectors' (orthonormal), then the fine texture's."""
+        return torch.cat([self._local_basis.T, self._fine_atoms])
 
     @property
     def global_atoms(self) -> torch.Tensor:
-        """``[n_global_atoms, D]`` unit directions the global vectors are mixed from (rows)."""
+        """``[n_global_atoms, D]`` unit directions the outliers' global vectors are mixed from (rows)."""
         return self._global_atoms.clone()
+
+    @property
+    def context_atoms(self) -> torch.Tensor:
+        """``[N_CONTEXT, D]`` unit directions of the context (rows), orthogonal to every global atom."""
+        return self._context_atoms.clone()
 
     # -- token construction -------------------------------------------------------------
 
@@ -267,22 +294,36 @@ class PlantedBackbone:
         weights = torch.cat([torch.ones_like(varying[:, :1]), varying], dim=-1)
         return weights / weights.norm(dim=-1, keepdim=True)
 
-    def _context(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each view's context mix ``[B, n_global_atoms]`` and where its positions carry it ``[B, N]``.
+    def _fine_codes(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[B, N, N_FINE]`` fine-texture coefficients, a function of each patch alone, of norm ``FINE_NORM``.
 
-        Normal tokens of trained ViTs also carry some view-level context; here a view mixes
-        ``CONTEXT_ATOMS`` of the non-dominant global atoms (chosen by its brightness and contrast),
-        and positions carry it by a second view-phased field: blobs that move when the view shifts,
-        so the features an SAE learns for it are context-dependent (high CDS) and a minority.
+        The ``FINE_TOP_K`` strongest of ``N_FINE`` rectified random filters of the patch's mean-free pixels,
+        rescaled to unit norm: a sparse code over many atoms, as a trained ViT's patch tokens hold far more
+        features than a few detectors.  Without it the tokens live in a few dozen directions, and an SAE of
+        2,048 latents can reconstruct them from random directions (README, "Fidelity of the planted default").
         """
-        scores = self._context_stats(stats) @ self._context_mixing.T  # [B, n_global - 1]
-        chosen = scores.topk(CONTEXT_ATOMS, dim=-1).indices
-        weights = torch.zeros_like(scores).scatter_(1, chosen, 1.0)
-        codes = torch.cat([torch.full_like(scores[:, :1], CONTEXT_DOMINANT), weights], dim=-1)
-        codes = codes / codes.norm(dim=-1, keepdim=True)
-        field = self._view_field(stats, self._context_waves, self._context_phase_weights).clamp(min=0)
-        amplitude = field / field.amax(dim=-1, keepdim=True).clamp(min=1e-12)
-        return codes, torch.where(mask, 0.0, amplitude)
+        flat = patches.reshape(*patches.shape[:2], -1)
+        score = ((flat - flat.mean(-1, keepdim=True)) @ self._fine_filters).clamp(min=0)
+        kth = score.topk(FINE_TOP_K, dim=-1).values[..., -1:]
+        score = torch.where(score >= kth, score, torch.zeros_like(score))
+        return FINE_NORM * score / score.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def _context(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context atoms each view carries ``[B, CONTEXT_PER_VIEW]`` and their blob fields ``[B, K, N]``.
+
+        Normal tokens of trained ViTs carry view-level context beside their patch.  Here a view carries
+        ``CONTEXT_PER_VIEW`` of ``N_CONTEXT`` atoms, chosen by a fast-varying hash of its statistics (so
+        nothing linear about class or depth), each on its own blob field whose phases come from the view
+        (so the blobs move when the view shifts, and the features an SAE learns for them are
+        context-dependent).  The atoms are orthogonal to the outliers' global atoms: an SAE's local
+        features learn to ignore the outlier direction, and a context sharing it would modulate them.
+        """
+        chosen = (torch.sin(40.0 * stats) @ self._context_select.T).topk(CONTEXT_PER_VIEW, dim=-1).indices
+        fields = torch.stack([self._view_field(stats, self._context_waves, weights)
+                              for weights in self._context_phase_weights], dim=1)  # [B, K, N]
+        fields = (fields - CONTEXT_BLOB_CUT * fields.amax(-1, keepdim=True)).clamp(min=0)
+        amplitude = fields / fields.amax(-1, keepdim=True).clamp(min=1e-12)
+        return chosen, torch.where(mask[:, None, :], 0.0, amplitude)
 
     def truth(self, pixels: torch.Tensor) -> PlantedTruth:
         """The planted decomposition of the tokens of ``pixels`` ``[B, 3, S, S]`` (float, [0, 1])."""
@@ -291,7 +332,7 @@ class PlantedBackbone:
         energy = self._texture_energy(patches)
         stats = self._view_stats(patches, energy)
         mask = self._outlier_mask(stats)
-        patch_codes = self._local_codes(patches, energy).float()
+        patch_codes = torch.cat([self._local_codes(patches, energy), self._fine_codes(patches)], dim=-1).float()
         local_codes = patch_codes * torch.where(mask, self.outlier_local_share, 1.0)[..., None].float()
         global_codes = self._global_codes(stats).float()
         local_part = local_codes @ self.local_atoms
@@ -299,16 +340,17 @@ class PlantedBackbone:
         magnitude = (0.6 + 0.8 * torch.sigmoid(2.0 * self._context_stats(stats) @ self._magnitude_weights)).float()[:, None]
         global_vector = self.global_norm * magnitude * (global_codes @ self._global_atoms)  # [B, D]
         global_part = mask[..., None].float() * global_vector[:, None, :]
-        context_codes, amplitude = self._context(stats, mask)
-        context_codes, amplitude = context_codes.float(), amplitude.float()
-        context_part = CONTEXT_NORM * amplitude[..., None] * (context_codes @ self._global_atoms)[:, None, :]
+        chosen, amplitude = self._context(stats, mask)
+        amplitude = amplitude.float()
+        context_part = CONTEXT_NORM * torch.einsum("bkn,bkd->bnd", amplitude, self._context_atoms[chosen])
         device = pixels.device
-        return PlantedTruth(outlier_mask=mask.to(device), local_basis=self._local_basis.to(device),
+        local_basis = torch.cat([self._local_basis, self._fine_basis], dim=1)
+        return PlantedTruth(outlier_mask=mask.to(device), local_basis=local_basis.to(device),
                             global_basis=self._global_basis.to(device), local_part=local_part.to(device),
                             global_part=global_part.to(device), patch_codes=patch_codes.to(device),
                             local_codes=local_codes.to(device),
                             global_codes=global_codes.to(device), context_part=context_part.to(device),
-                            context_codes=context_codes.to(device), context_amplitude=amplitude.to(device))
+                            context_choice=chosen.to(device), context_amplitude=amplitude.to(device))
 
     # -- attention ---------------------------------------------------------------------
 
@@ -349,8 +391,9 @@ class PlantedBackbone:
         prefix_token = truth.local_part.mean(1) + global_vector  # CLS-like summary of the view
         prefix = prefix_token[:, None, :].expand(-1, self.spec.n_prefix, -1).contiguous()
         attn = None
-        if attention:
-            attn = self._attention(truth.local_part.cpu(), truth.outlier_mask.cpu()).to(pixels.device)
+        if attention:  # content similarity is that of the detector responses (colour, gratings, contrast)
+            detectors = truth.local_codes[..., :N_LOCAL].cpu() @ self._local_basis.T
+            attn = self._attention(detectors, truth.outlier_mask.cpu()).to(pixels.device)
         return LayerOutput(tokens=tokens, prefix=prefix, grid=self.grid, attention=attn)
 
 

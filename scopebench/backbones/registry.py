@@ -52,7 +52,7 @@ _ENTRIES = [
           300.0, has_cls=False),
     BackboneSpec(
         name="planted", family="planted", size="s", source="planted", model_id="planted", image_size=112,
-        patch_size=8, n_prefix=1, depth=2, embed_dim=64, n_heads=4, layer=1, tau="auto", gamma=None,
+        patch_size=8, n_prefix=1, depth=2, embed_dim=256, n_heads=4, layer=1, tau="auto", gamma=None,
         provenance={"image_size": "design", "patch_size": "design", "n_prefix": "design", "depth": "design",
                     "embed_dim": "design", "n_heads": "design", "layer": "design", "tau": "design"},
     ),
