@@ -33,7 +33,7 @@ default"); at 256 the same random dictionary leaves isotropic tokens at FVU 0.33
   on its own view-phased blob field (blobs that move when the view shifts), peak norm ``CONTEXT_NORM``.  The
   features an SAE learns for it are context-dependent: with the outlier code, they make the high-CDS mode
   of Table 4 / Figure 6.  A linear classifier barely notices them: removing the high-CDS features changes
-  the probe's top-1 by +0.20 points on 4,096 test scenes, interval [-0.29, +0.68] (README), so v8 does not
+  the probe's top-1 by +0.24 points on 4,096 test scenes, interval [-0.27, +0.71] (README), so v8 does not
   show the classification gain of the paper's Table 3 / Figure 8 for sure.
 
 Attention (per head): normal queries attend with a Gaussian in patch distance (width

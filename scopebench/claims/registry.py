@@ -285,7 +285,7 @@ HIGH_REMOVAL_CLOSE = 0.05
 #: A property of the planted data, so it names no architecture: it is known for every SAE.
 _PLANTED_CLS_GAIN_MISS = KnownMiss(reason=(
     "the planted context barely misleads the linear probe: on 4096 test scenes (BatchTopK, seed 0) removing the "
-    "high-CDS features changes top-1 by +0.20 points, interval -0.29 to +0.68, so the bench's 512 scenes cannot "
+    "high-CDS features changes top-1 by +0.24 points, interval -0.27 to +0.71, so the bench's 512 scenes cannot "
     "show it (README, fidelity of the planted default)"))
 
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
