@@ -168,18 +168,17 @@ class PlantedBackbone:
         self._context_waves[self._context_waves.abs().sum(1) == 0] = 1.0
         self._context_phase_weights = torch.randn(CONTEXT_PER_VIEW, 4, n_stats, generator=gen, dtype=torch.float64)
         self._context_select = torch.randn(N_CONTEXT, n_stats, generator=gen, dtype=torch.float64)
-        self._context_atoms = F.normalize(torch.randn(N_CONTEXT, context_free.shape[1], generator=gen,
-                                                      dtype=torch.float64), dim=1) @ context_free.T  # [N_CONTEXT, D]
+        self._context_atoms = (F.normalize(torch.randn(N_CONTEXT, context_free.shape[1], generator=gen,
+                                                       dtype=torch.float64), dim=1) @ context_free.T).float()
         # fine texture: rectified random linear filters of the patch's pixels, each along its own atom
         n_pixels = 3 * spec.patch_size ** 2
         self._fine_filters = torch.randn(n_pixels, N_FINE, generator=gen, dtype=torch.float64) / n_pixels ** 0.5
         self._fine_atoms = (F.normalize(torch.randn(N_FINE, FINE_DIM, generator=gen, dtype=torch.float64), dim=1)
                             @ self._fine_basis.double().T).float()  # [N_FINE, D]
-        self._context_atoms = self._context_atoms.float()
 
     @property
     def weights_id(self) -> str:
-        """``planted:<VERSION>:seed<seed>``, plus any non-default construction knob or geometry (they change the tokens)."""
+        """``planted:<VERSION>:seed<seed>``, plus any non-default construction knob or geometry (both change tokens)."""
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
                  "topk": (self.texture_top_k, TEXTURE_TOP_K),
                  "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE),
