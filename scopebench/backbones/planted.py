@@ -175,6 +175,9 @@ class PlantedBackbone:
         self._fine_filters = torch.randn(n_pixels, N_FINE, generator=gen, dtype=torch.float64) / n_pixels ** 0.5
         self._fine_atoms = (F.normalize(torch.randn(N_FINE, FINE_DIM, generator=gen, dtype=torch.float64), dim=1)
                             @ self._fine_basis.double().T).float()  # [N_FINE, D]
+        # the local atoms and the local subspace, detectors first: what every truth() call reads
+        self._local_atoms = torch.cat([self._local_basis.T, self._fine_atoms])  # [N_LOCAL + N_FINE, D]
+        self._local_span = torch.cat([self._local_basis, self._fine_basis], dim=1)  # [D, N_LOCAL + FINE_DIM]
 
     @property
     def weights_id(self) -> str:
@@ -189,7 +192,7 @@ class PlantedBackbone:
     @property
     def local_atoms(self) -> torch.Tensor:
         """``[N_LOCAL + N_FINE, D]`` unit directions (rows): the detectors' (orthonormal), then the fine texture's."""
-        return torch.cat([self._local_basis.T, self._fine_atoms])
+        return self._local_atoms.clone()
 
     @property
     def global_atoms(self) -> torch.Tensor:
@@ -334,7 +337,7 @@ class PlantedBackbone:
         patch_codes = torch.cat([self._local_codes(patches, energy), self._fine_codes(patches)], dim=-1).float()
         local_codes = patch_codes * torch.where(mask, self.outlier_local_share, 1.0)[..., None].float()
         global_codes = self._global_codes(stats).float()
-        local_part = local_codes @ self.local_atoms
+        local_part = local_codes @ self._local_atoms
         # the outlier norm varies with the view (as in trained ViTs), mostly along the shared atom
         magnitude = (0.6 + 0.8 * torch.sigmoid(2.0 * self._context_stats(stats) @ self._magnitude_weights)).float()[:, None]
         global_vector = self.global_norm * magnitude * (global_codes @ self._global_atoms)  # [B, D]
@@ -343,8 +346,7 @@ class PlantedBackbone:
         amplitude = amplitude.float()
         context_part = CONTEXT_NORM * torch.einsum("bkn,bkd->bnd", amplitude, self._context_atoms[chosen])
         device = pixels.device
-        local_basis = torch.cat([self._local_basis, self._fine_basis], dim=1)
-        return PlantedTruth(outlier_mask=mask.to(device), local_basis=local_basis.to(device),
+        return PlantedTruth(outlier_mask=mask.to(device), local_basis=self._local_span.to(device),
                             global_basis=self._global_basis.to(device), local_part=local_part.to(device),
                             global_part=global_part.to(device), patch_codes=patch_codes.to(device),
                             local_codes=local_codes.to(device),
