@@ -15,7 +15,7 @@ from torch import nn
 
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
 from scopebench.probes.config import ClassificationConfig, DepthConfig, SegmentationConfig
-from scopebench.probes.depth import DepthSplit, DepthTask, concat_global, train_depth_probe
+from scopebench.probes.depth import DepthSplit, DepthTask, train_depth_probe
 from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
 from scopebench.probes.metrics import miou as miou_metric
 from scopebench.probes.metrics import miou_from_confusion
@@ -252,8 +252,9 @@ def test_depth_logits_on_grid_equal_linear_on_upsampled_features() -> None:
     tokens, global_tokens = torch.randn(3, 3, 5, 6, generator=generator), torch.randn(3, 6, generator=generator)
     split = DepthSplit(tokens, global_tokens, torch.rand(3, 7, 11, generator=generator) + 0.5)
     probe = DepthTask(split, DEPTH).build(generator)
-    # the paper's order: features concatenated, upsampled to the depth size, then linear
-    features = probe.standardize(concat_global(tokens, global_tokens)).permute(0, 3, 1, 2)
+    # the paper's order: the global token placed before every patch token, upsampled to the depth size, then linear
+    concatenated = torch.cat([global_tokens[:, None, None, :].expand(3, 3, 5, 6), tokens], dim=-1)
+    features = probe.standardize(concatenated).permute(0, 3, 1, 2)
     upsampled = F.interpolate(features, size=(7, 11), mode="bilinear", align_corners=False)
     expected = probe.linear(upsampled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     with torch.no_grad():

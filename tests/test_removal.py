@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from scopebench.analyses.removal_probes.removal import group_indices, mean_tokens_and_codes, remove_group, remove_group_pooled
+from scopebench.analyses.removal_probes.removal import (group_indices, mean_tokens_and_codes, remove_group,
+                                                       remove_group_pooled, remove_groups)
 from scopebench.sae.base import SparseAutoencoder
 
 
@@ -87,6 +88,20 @@ def test_mask_indices_and_chunking_agree(sae: TinySAE, tokens: torch.Tensor) -> 
     by_mask = remove_group(tokens, sae, mask)
     by_indices = remove_group(tokens, sae, np.array([9, 0, 3]), chunk_size=4)
     torch.testing.assert_close(by_mask, by_indices)
+
+
+def test_several_groups_from_one_encoding_equal_each_removal_bitwise(sae: TinySAE, tokens: torch.Tensor) -> None:
+    groups = [[0, 3, 9], [], np.array([1, 2]), [0, 3, 9]]
+    calls = []
+    encode = sae.encode
+    sae.encode = lambda x: calls.append(len(x)) or encode(x)  # count the encoder's passes
+    together = remove_groups(tokens, sae, groups, chunk_size=4)
+    assert sum(calls) == tokens.shape[0] * tokens.shape[1]  # every token encoded once for all four groups
+    del sae.encode
+    for group, removed in zip(groups, together):
+        assert torch.equal(removed, remove_group(tokens, sae, group, chunk_size=4))
+    assert torch.equal(together[1], tokens) and together[1].data_ptr() != tokens.data_ptr()  # empty: a copy
+    assert not torch.equal(together[0], together[2])
 
 
 def test_removal_keeps_half_precision_input_dtype(sae: TinySAE, tokens: torch.Tensor) -> None:

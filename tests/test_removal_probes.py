@@ -12,8 +12,8 @@ from scopebench.probes.config import ClassificationConfig, SegmentationConfig
 from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.analyses.removal_probes.removal import remove_group
 from scopebench.analyses.removal_probes.probing import (PROPAGATE_CHUNK, ProbeInputs, ProbeScores,
-                                                       _edited_and_propagated, _targets, classification_metrics,
-                                                       dense_metrics)
+                                                       _edited_and_propagated, classification_metrics,
+                                                       dense_metrics, probe_targets)
 from scopebench.suite.workbench import Unavailable, Workbench
 from tiny_sae import ReluSAE
 
@@ -38,19 +38,31 @@ class LabelledImages:
         return Sample(image=torch.zeros(3, 8, 8), label=label, segmentation=torch.full((8, 8), label))
 
 
-def make_inputs(n: int, seed: int) -> tuple[ProbeInputs, list[int]]:
-    """Noise patch tokens that say nothing about the label; the prefix token says it (one-hot, scaled)."""
+def make_inputs(n: int, seed: int, field: str = "label") -> tuple[ProbeInputs, list[int]]:
+    """Noise patch tokens that say nothing about the label; the prefix token says it (one-hot, scaled).
+
+    The targets are ``field``'s: the labels, or 4 x 4 segmentation maps.
+    """
     rng = np.random.default_rng(seed)
     labels = [int(v) for v in rng.integers(0, N_CLASSES, n)]
     tokens = rng.normal(size=(n, SIDE * SIDE, D)).astype(np.float32)
     prefix = np.zeros((n, 1, D), dtype=np.float32)
     prefix[np.arange(n), 0, labels] = 5.0
-    return ProbeInputs(tokens=tokens, prefix=prefix, dataset=LabelledImages(labels)), labels
+    targets = probe_targets(LabelledImages(labels), field, 4)
+    return ProbeInputs(tokens=tokens, prefix=prefix, targets=targets), labels
+
+
+SPLIT_SIZES = (("train", 96, 0), ("val", 48, 1), ("test", 48, 2))
 
 
 @pytest.fixture(scope="module")
 def splits() -> dict[str, ProbeInputs]:
-    return {split: make_inputs(n, seed)[0] for split, n, seed in (("train", 96, 0), ("val", 48, 1), ("test", 48, 2))}
+    return {split: make_inputs(n, seed)[0] for split, n, seed in SPLIT_SIZES}
+
+
+@pytest.fixture(scope="module")
+def seg_splits() -> dict[str, ProbeInputs]:
+    return {split: make_inputs(n, seed, "segmentation")[0] for split, n, seed in SPLIT_SIZES}
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +93,11 @@ def cls_scores(sae, splits, groups) -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def seg_scores(sae, splits, groups) -> dict[str, dict[str, float]]:
+def seg_scores(sae, seg_splits, groups) -> dict[str, dict[str, float]]:
     config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
-    kwargs = dict(target_size=4, has_cls=True, config=config, **PROBE_RUN)
-    return {"at_layer": dense_metrics("seg", sae, groups, splits, **kwargs),
-            "propagated": dense_metrics("seg", sae, groups, splits, propagate=prefix_everywhere, **kwargs)}
+    kwargs = dict(has_cls=True, config=config, **PROBE_RUN)
+    return {"at_layer": dense_metrics("seg", sae, groups, seg_splits, **kwargs),
+            "propagated": dense_metrics("seg", sae, groups, seg_splits, propagate=prefix_everywhere, **kwargs)}
 
 
 def test_edited_tokens_go_through_propagation_in_chunks_beside_the_unedited_prefix(sae, splits, groups) -> None:
@@ -159,16 +171,16 @@ def test_dense_targets_keep_labels_and_depths_beyond_pixel_range() -> None:
             labels = torch.arange(64).reshape(8, 8) % 5 - 1  # -1 = ignore, classes up to 3
             return Sample(image=torch.zeros(3, 8, 8), depth=depth, segmentation=labels)
 
-    depth = _targets(Scene(), "depth", 4)[0]
-    labels = _targets(Scene(), "segmentation", 4)[0]
+    depth = probe_targets(Scene(), "depth", 4)[0]
+    labels = probe_targets(Scene(), "segmentation", 4)[0]
     # halving keeps the pixel under each output cell's centre: rows and columns 1, 3, 5, 7
     torch.testing.assert_close(depth, torch.linspace(0.5, 9.5, 64).reshape(8, 8)[1::2, 1::2])
     assert labels.tolist() == (torch.arange(64).reshape(8, 8) % 5 - 1)[1::2, 1::2].tolist()
 
 
 @pytest.mark.parametrize("task", ["cls", "seg"])
-def test_the_original_probe_is_trained_once_and_a_kept_one_gives_the_same_scores(sae, splits, groups, cls_scores,
-                                                                                  seg_scores, task) -> None:
+def test_the_original_probe_is_trained_once_and_a_kept_one_gives_the_same_scores(sae, splits, seg_splits, groups,
+                                                                                  cls_scores, seg_scores, task) -> None:
     """The original embedding does not depend on the SAE: a second SAE pairs its removals with the kept probe
     (through its JSON form, as the activation store keeps it) and gets every score of a fresh run."""
     kept: list[ProbeScores] = []
@@ -183,7 +195,7 @@ def test_the_original_probe_is_trained_once_and_a_kept_one_gives_the_same_scores
         fresh = cls_scores["at_layer"]
     else:
         config = SegmentationConfig(epochs=30, trials=1, batch_size=32, lr_range=(0.05, 0.05), ignore_index=-1)
-        run = lambda: dense_metrics("seg", sae, groups, splits, target_size=4, has_cls=True, config=config,  # noqa: E731
+        run = lambda: dense_metrics("seg", sae, groups, seg_splits, has_cls=True, config=config,  # noqa: E731
                                     original=keep, **PROBE_RUN)
         fresh = seg_scores["at_layer"]
     assert run() == fresh and run() == fresh  # trained on the first call, read back on the second

@@ -123,6 +123,8 @@ class Inputs(Protocol):
     def run(self, analysis: str, backbone: str, sae: str | None = None, **options: Any) -> AnalysisOutput: ...
     def persisted(self, key: dict[str, Any], model: type[BaseModel], build: Callable[[], Any]) -> Any:
         """``build()`` once per ``key`` across sessions: a checksummed memo in the activation store."""
+    def once(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` once per ``key`` in this session (inputs several SAEs share, e.g. probe targets)."""
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class Workbench:
         self._training_keys: dict[tuple[str, str], str] = {}  # (backbone, recipe) -> its training key digest
 
     # ------------------------------------------------------------------ plumbing
-    def _once(self, key: tuple, build: Callable[[], T]) -> T:
+    def once(self, key: tuple, build: Callable[[], T]) -> T:
         """Memoise ``build()`` under ``key``; an :class:`Unavailable` is memoised too, so skips stay instant."""
         if key not in self._memo:
             try:
@@ -145,7 +145,7 @@ class Workbench:
                 return load_backbone(name, weights_map=self.weights_map, device=str(self.device))
             except WeightsNotFound as err:
                 raise Unavailable(str(err)) from None
-        return self._once(("backbone", name), build)
+        return self.once(("backbone", name), build)
 
     def dataset(self, backbone: str, purpose: str) -> ImageDataset:
         """Images for one stage (``train``, ``eval``, ``scc``, ``probe-train`` ...) of one backbone."""
@@ -154,7 +154,7 @@ class Workbench:
                 return bench_dataset(get_spec(backbone), purpose, self.scale(backbone), self.data_root)
             except DatasetUnavailable as err:
                 raise Unavailable(str(err)) from None
-        return self._once(("dataset", backbone, purpose), build)
+        return self.once(("dataset", backbone, purpose), build)
 
     def tokens(self, backbone: str, purpose: str) -> Activations:
         """Tokens of ``purpose``'s images; for "train", only the scale's ``train_patches_per_image`` per image."""
@@ -162,14 +162,14 @@ class Workbench:
         data = self.dataset(backbone, purpose)
         scale = self.scale(backbone)
         patches = scale.train_patches_per_image if purpose == "train" else None
-        return self._once(("tokens", backbone, purpose), lambda: extract_tokens(
+        return self.once(("tokens", backbone, purpose), lambda: extract_tokens(
             model, data, self.store, batch_size=scale.batch_size, device=self.device, progress=self.progress,
             patches_per_image=patches, sample_seed=0, workers=self.workers, precision=self.precision))
 
     def scc_tokens(self, backbone: str, shift: int) -> SCCActivations:
         model = self.backbone(backbone)
         data = self.dataset(backbone, "scc")
-        return self._once(("scc", backbone, shift), lambda: extract_scc_tokens(
+        return self.once(("scc", backbone, shift), lambda: extract_scc_tokens(
             model, data, self.store, shift, batch_size=self.scale(backbone).batch_size, device=self.device,
             progress=self.progress, workers=self.workers, precision=self.precision))
 
@@ -177,12 +177,12 @@ class Workbench:
         def build() -> float:
             norms = token_norms(self.tokens(backbone, "eval").tokens).ravel()
             return resolve_tau(get_spec(backbone).tau, norms)
-        return self._once(("tau", backbone), build)
+        return self.once(("tau", backbone), build)
 
     # ------------------------------------------------------------------ SAEs
     def sae(self, backbone: str, name: str) -> SparseAutoencoder:
         """A baseline recipe trained on this backbone's tokens, or an external checkpoint (``--sae``)."""
-        return self._once(("sae", backbone, name), lambda: self._build_sae(backbone, name))
+        return self.once(("sae", backbone, name), lambda: self._build_sae(backbone, name))
 
     def sae_identity(self, backbone: str, name: str) -> dict[str, Any]:
         """What pins this SAE in a result file: its config and a hash of its weights.
@@ -190,7 +190,7 @@ class Workbench:
         A result file then never mixes two models evaluated under the same name.
         """
         sae = self.sae(backbone, name)
-        digest = self._once(("sae-sha256", backbone, name), lambda: weights_sha256(sae))
+        digest = self.once(("sae-sha256", backbone, name), lambda: weights_sha256(sae))
         return {"config": dict(sae.config), "checkpoint_sha256": digest,
                 "training": self._training_keys.get((backbone, name))}
 
@@ -244,7 +244,7 @@ class Workbench:
             need = "an SAE name" if spec.level == "sae" else "no SAE (it is a backbone-level analysis)"
             raise ValueError(f"analysis {analysis!r} needs {need}")
         key = ("run", analysis, backbone, sae, tuple(sorted(options.items())))
-        return self._once(key, lambda: spec.compute(self, backbone, sae, self.config(analysis, backbone),
+        return self.once(key, lambda: spec.compute(self, backbone, sae, self.config(analysis, backbone),
                                                     **options))
 
     def result(self, analysis: str, backbone: str, sae: str | None = None, **options: Any) -> AnalysisResult:

@@ -5,8 +5,9 @@ from scopebench.analyses.base import Inputs, Unavailable
 from scopebench.analyses.removal_probes.config import TASKS, RemovalProbesConfig
 from scopebench.analyses.removal_probes.output import RemovalProbesOutput
 from scopebench.backbones import get_spec
-from scopebench.analyses.removal_probes.probing import (SPLITS, OriginalProbe, ProbeInputs, ProbeScores,
-                                                       classification_metrics, dense_metrics)
+from scopebench.analyses.removal_probes.probing import (SPLITS, TARGET_FIELDS, OriginalProbe, ProbeInputs,
+                                                       ProbeScores, classification_metrics, dense_metrics,
+                                                       probe_targets)
 from scopebench.precision import with_precision
 
 
@@ -31,7 +32,7 @@ def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProb
     model = bench.backbone(backbone)
     key = {"analysis": "removal_probes.original", "backbone": backbone, "weights": model.weights_id,
            "layer": model.spec.layer, "task": task, "version": 1,
-           "data": {split: inputs[split].dataset.identity for split in SPLITS},
+           "data": {split: bench.dataset(backbone, f"probe-{task}-{split}").identity for split in SPLITS},
            "config": config.probe(task).model_dump(mode="json"), "propagate": config.propagate,
            "target_size": config.dense_target_size}
     key = with_precision(key, bench.precision)
@@ -41,11 +42,15 @@ def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProb
 def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: RemovalProbesConfig) -> dict[str, float]:
     """The three embeddings' scores of one task (cls / seg / depth)."""
     spec = get_spec(backbone)
+    size = config.dense_target_size or spec.image_size
     inputs = {}
     for split in SPLITS:
-        acts = bench.tokens(backbone, f"probe-{task}-{split}")
-        inputs[split] = ProbeInputs(tokens=acts.tokens, prefix=acts.prefix,
-                                    dataset=bench.dataset(backbone, f"probe-{task}-{split}"))
+        purpose = f"probe-{task}-{split}"
+        acts = bench.tokens(backbone, purpose)
+        dataset = bench.dataset(backbone, purpose)
+        targets = bench.once(("probe-targets", backbone, purpose, size),
+                             lambda: probe_targets(dataset, TARGET_FIELDS[task], size))
+        inputs[split] = ProbeInputs(tokens=acts.tokens, prefix=acts.prefix, targets=targets)
     model = bench.sae(backbone, sae)
     cds = bench.run("cds", backbone, sae)
     _, groups = cds.details
@@ -61,7 +66,7 @@ def task_scores(bench: Inputs, backbone: str, sae: str, task: str, config: Remov
             return classification_metrics(model, groups, inputs, config=config.classification, device=bench.device,
                                           progress=bench.progress, propagate=propagate, bootstrap=config.bootstrap,
                                           original=original)
-        return dense_metrics(task, model, groups, inputs, target_size=config.dense_target_size or spec.image_size,
+        return dense_metrics(task, model, groups, inputs,
                              has_cls=spec.has_cls, config=config.probe(task),
                              device=bench.device, progress=bench.progress, propagate=propagate,
                              bootstrap=config.bootstrap, original=original)

@@ -35,7 +35,8 @@ from scopebench.probes.config import BootstrapConfig, ClassificationConfig, Dept
 from scopebench.probes.depth import DepthSplit, fit_depth_standardize, train_depth_probe
 from scopebench.probes.segmentation import SegmentationSplit, train_segmentation_probe
 from scopebench.probes.standardize import fit_standardize
-from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
+from scopebench.analyses.removal_probes.removal import (mean_tokens_and_codes, remove_group, remove_group_pooled,
+                                                       remove_groups)
 from scopebench.sae.base import SparseAutoencoder
 from scopebench.pipeline.scc import square_resize_map
 from pydantic import BaseModel
@@ -89,11 +90,12 @@ def _test_scores(embedding: str, train: Callable[[], Any], original: OriginalPro
 
 @dataclass
 class ProbeInputs:
-    """One split of one task: cached tokens ``[n, N, D]``, prefix ``[n, P, D]`` and the dataset."""
+    """One split of one task: cached tokens ``[n, N, D]``, prefix ``[n, P, D]`` and the task's
+    :func:`probe_targets` of its images (labels ``[n]`` or maps ``[n, S, S]``)."""
 
     tokens: np.ndarray
     prefix: np.ndarray
-    dataset: ImageDataset
+    targets: torch.Tensor
 
 
 def _group(partition: Partition, embedding: str) -> np.ndarray:
@@ -101,8 +103,15 @@ def _group(partition: Partition, embedding: str) -> np.ndarray:
             "low_removed": partition.low}[embedding]
 
 
-def _targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
-    """Per-image targets centre-cropped and resized like the images (nearest, values untouched)."""
+#: the dataset field each probe task predicts
+TARGET_FIELDS = {"cls": "label", "seg": "segmentation", "depth": "depth"}
+
+
+def probe_targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
+    """Per-image targets centre-cropped and resized like the images (nearest, values untouched).
+
+    ``field`` is one of :data:`TARGET_FIELDS`' values; ``size`` is the side of a dense map (unused for labels).
+    """
     values = []
     for i in range(len(dataset)):
         sample = dataset[i]
@@ -147,7 +156,7 @@ def classification_metrics(sae: SparseAutoencoder, partition: Partition, inputs:
                            propagate: Propagate | None = None,
                            bootstrap: BootstrapConfig = BootstrapConfig(),
                            original: OriginalProbe | None = None) -> dict[str, float]:
-    labels = {split: _targets(inputs[split].dataset, "label", 0) for split in SPLITS}
+    labels = {split: inputs[split].targets for split in SPLITS}
     if propagate is None:
         pooled = {}
         for split in SPLITS:
@@ -187,18 +196,16 @@ def _grid_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, inputs: Mapping[str, ProbeInputs], *,
-                  target_size: int, has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
+                  has_cls: bool, config: SegmentationConfig | DepthConfig, device: torch.device,
                   progress: bool, propagate: Propagate | None = None,
                   bootstrap: BootstrapConfig = BootstrapConfig(),
                   original: OriginalProbe | None = None) -> dict[str, float]:
     """Segmentation mIoU (``task="seg"``, with each removal's gain and its interval) or depth RMSE
     (``task="depth"``) for the three embeddings.
 
-    Targets are square-resized (nearest) to ``target_size``; the probes upsample their
-    patch-grid logits to it.
+    The probes upsample their patch-grid logits to the size of the inputs' target maps.
     """
-    field = "segmentation" if task == "seg" else "depth"
-    targets = {s: _targets(inputs[s].dataset, field, target_size) for s in SPLITS}
+    targets = {s: inputs[s].targets for s in SPLITS}
     originals = {s: load_rows(inputs[s].tokens, slice(None)) for s in SPLITS}
     if task == "seg":
         valid = torch.cat([t[t != config.ignore_index] for t in targets.values()])
@@ -207,12 +214,17 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         # the CLS token is never edited; without one, the mean original patch token stands in
         global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
                          for s in SPLITS}
+    if propagate is None:  # both removals of a split from one pass of the encoder
+        removed = {s: dict(zip(EMBEDDINGS[1:], remove_groups(originals[s], sae, [_group(partition, e)
+                                                                                 for e in EMBEDDINGS[1:]])))
+                   for s in SPLITS}
     out, confusions = {}, {}
     standardizer = None
     for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
         group = _group(partition, embedding)
         if propagate is None:
-            edited = {s: _grid_tokens(remove_group(originals[s], sae, group)) for s in SPLITS}
+            edited = {s: _grid_tokens(originals[s] if embedding == "original" else removed[s][embedding])
+                      for s in SPLITS}
         else:
             edited = {s: _grid_tokens(_edited_and_propagated(originals[s], inputs[s].prefix, sae, group,
                                                              propagate, device)) for s in SPLITS}

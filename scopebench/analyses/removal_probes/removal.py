@@ -75,21 +75,36 @@ def remove_group(
     Encoding runs in chunks of ``chunk_size`` tokens in the dtype and on the device of
     ``sae.W_dec``; the result has ``x``'s dtype and device.  No gradients are tracked.
     """
+    return remove_groups(x, sae, [group], chunk_size=chunk_size, progress=progress)[0]
+
+
+@torch.no_grad()
+def remove_groups(
+    x: torch.Tensor,
+    sae: SparseAutoencoder,
+    groups: Sequence[FeatureGroup],
+    *,
+    chunk_size: int = 4096,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """:func:`remove_group` of each of ``groups``, encoding every chunk of tokens once for all of them.
+
+    The encoder is the cost of a removal, so the high- and low-CDS removals of the same
+    tokens share it; each result equals its own :func:`remove_group` bitwise.
+    """
     _check_width("x", x.shape[-1], sae.d_in, "the SAE's d_in")
-    indices = group_indices(group, sae.d_sae)
-    if indices.numel() == 0:
-        return x.clone()
     decoder = sae.W_dec
-    indices = indices.to(decoder.device)
-    group_atoms = decoder[indices]
+    indices = [group_indices(group, sae.d_sae).to(decoder.device) for group in groups]
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.empty_like(flat)
-    starts = range(0, flat.shape[0], chunk_size)
+    outs = [flat.clone() if i.numel() == 0 else torch.empty_like(flat) for i in indices]
+    edited = [(i, decoder[i], out) for i, out in zip(indices, outs) if i.numel()]
+    starts = range(0, flat.shape[0], chunk_size) if edited else range(0)
     for start in tqdm(starts, desc="feature removal", disable=not progress):
         chunk = flat[start : start + chunk_size].to(device=decoder.device, dtype=decoder.dtype)
-        codes = sae.encode(chunk)[:, indices]
-        out[start : start + chunk_size] = (chunk - codes @ group_atoms).to(out.dtype).to(out.device)
-    return out.reshape(x.shape)
+        codes = sae.encode(chunk)
+        for group, atoms, out in edited:
+            out[start : start + chunk_size] = (chunk - codes[:, group] @ atoms).to(out.dtype).to(out.device)
+    return [out.reshape(x.shape) for out in outs]
 
 
 @torch.no_grad()
