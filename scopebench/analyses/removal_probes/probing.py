@@ -214,20 +214,20 @@ def dense_metrics(task: str, sae: SparseAutoencoder, partition: Partition, input
         # the CLS token is never edited; without one, the mean original patch token stands in
         global_tokens = {s: (load_rows(inputs[s].prefix, slice(None))[:, 0] if has_cls else originals[s].mean(dim=1))
                          for s in SPLITS}
-    if propagate is None:  # both removals of a split from one pass of the encoder
-        removed = {s: dict(zip(EMBEDDINGS[1:], remove_groups(originals[s], sae, [_group(partition, e)
-                                                                                 for e in EMBEDDINGS[1:]])))
-                   for s in SPLITS}
+    if propagate is None:  # the original tokens, and both removals of a split from one pass of the encoder
+        removals = EMBEDDINGS[1:]
+        groups = [_group(partition, e) for e in removals]
+        at_layer = {s: {"original": originals[s], **dict(zip(removals, remove_groups(originals[s], sae, groups)))}
+                    for s in SPLITS}
     out, confusions = {}, {}
     standardizer = None
     for embedding in EMBEDDINGS:  # "original" first: its statistics standardise all three
-        group = _group(partition, embedding)
         if propagate is None:
-            edited = {s: _grid_tokens(originals[s] if embedding == "original" else removed[s][embedding])
-                      for s in SPLITS}
+            edited = {s: _grid_tokens(at_layer[s][embedding]) for s in SPLITS}
         else:
-            edited = {s: _grid_tokens(_edited_and_propagated(originals[s], inputs[s].prefix, sae, group,
-                                                             propagate, device)) for s in SPLITS}
+            edited = {s: _grid_tokens(_edited_and_propagated(originals[s], inputs[s].prefix, sae,
+                                                             _group(partition, embedding), propagate, device))
+                      for s in SPLITS}
         if task == "seg":
             splits = [SegmentationSplit(edited[s], targets[s]) for s in SPLITS]
             standardizer = standardizer or fit_standardize(splits[0].tokens)
