@@ -31,3 +31,23 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     return hub
+
+
+@pytest.fixture
+def known_planted_miss(monkeypatch):
+    """Registers a known planted miss for the test (the registry of the planted default has none since v9):
+    ``known_planted_miss(claim_id, reason, architectures=None)`` returns the claim as registered."""
+    from scopebench.claims import registry
+    from scopebench.cli import claims as cli_claims
+
+    def register(claim_id: str, reason: str, architectures: tuple[str, ...] | None = None):
+        claim = registry.CLAIMS_BY_ID[claim_id]
+        missed = claim.model_copy(update={"planted_miss": registry.KnownMiss(reason=reason,
+                                                                             architectures=architectures)})
+        registered = tuple(missed if c is claim else c for c in registry.CLAIMS)
+        monkeypatch.setattr(registry, "CLAIMS", registered)
+        monkeypatch.setattr(cli_claims, "CLAIMS", registered)
+        monkeypatch.setitem(registry.CLAIMS_BY_ID, claim_id, missed)
+        return missed
+
+    return register

@@ -242,14 +242,13 @@ def test_check_all_evaluates_every_claim_of_an_output_and_only_those() -> None:
         "figure8.cls-high-removal-improves", "figure8.cls-low-removal-hurts"}
 
 
-def test_a_known_planted_miss_is_scored_on_planted_and_asserted_elsewhere() -> None:
+def test_a_known_planted_miss_is_scored_on_planted_and_asserted_elsewhere(known_planted_miss) -> None:
     """A claim the planted instrument cannot show (its mechanism stated) never fails a planted run, and says why;
     a miss whose mechanism belongs to some SAE architectures is a plain failure for any other."""
-    missed = [c for c in CLAIMS if c.planted_miss is not None]
-    assert [c.id for c in missed] == ["table3.cls-high-removal-improves", "figure8.cls-high-removal-improves"]
+    assert [c.id for c in CLAIMS if c.planted_miss is not None] == []  # planted v9 shows every claim
     output = ReconstructionOutput(fvu_a=0.05, fvu_o=0.01, cs_a=0.9, cs_o=0.95, l0_a=30.0, l0_o=200.0)
     on_planted = {c.id: v for c, v in check_all("reconstruction", output, "planted", architecture="batchtopk")}
-    assert on_planted["table6.outliers-fewer-latents"].fails_run  # planted v8 shows it: no excuse
+    assert on_planted["table6.outliers-fewer-latents"].fails_run  # no miss registered: no excuse
     # an architecture-scoped miss (as v7's L0 claim was, for batch-wide selection)
     claim = CLAIMS_BY_ID["table6.outliers-fewer-latents"].model_copy(update={"planted_miss": KnownMiss(
         architectures=("batchtopk", "matryoshka"), reason="batch-wide selection")})
@@ -260,7 +259,7 @@ def test_a_known_planted_miss_is_scored_on_planted_and_asserted_elsewhere() -> N
     assert scored(claim, verdict, "dinov2-b", "batchtopk", asserted=True).fails_run  # asserted on real backbones
     topk_miss = scored(claim, verdict, "planted", "topk", asserted=True)  # another architecture's miss is its own
     assert topk_miss.fails_run and not topk_miss.known_miss and "known" not in topk_miss.detail
-    # the classification gain's miss is the planted data's: it is known for every SAE, and for none elsewhere
-    gain = CLAIMS_BY_ID["table3.cls-high-removal-improves"]
+    # a miss of the planted data (as v8's classification gain was) is known for every SAE, and for none elsewhere
+    gain = known_planted_miss("table3.cls-high-removal-improves", "the context barely misleads the probe")
     assert all(gain.known_miss("planted", arch) for arch in ("batchtopk", "topk", "relu", None))
     assert gain.known_miss("clip-b16", "batchtopk") is None

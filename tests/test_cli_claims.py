@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from cli_tables import parse_table
 
+from scopebench.claims import registry
 from scopebench.claims.registry import CLAIMS, PLANTED, Claim, Relation
 from scopebench.cli.main import main
 from scopebench.cli.claims import render_claims
@@ -93,13 +94,15 @@ def test_unknown_table_is_refused_with_the_choices(capsys):
     assert "invalid choice: 'table99'" in err and "'table6'" in err
 
 
-def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys):
+def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys, known_planted_miss):
+    known_planted_miss("table3.cls-high-removal-improves", "the context barely misleads the probe")
+    known_planted_miss("table6.outliers-fewer-latents", "batch-wide selection", ("batchtopk", "matryoshka"))
     code, out, _ = _cli(capsys, "claims", "--coverage")
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= 120
     rows = parse_table(out, "source")
     assert sorted(row["claim"] for row in rows) == sorted(claim.id for claim in CLAIMS)
-    by_id = {claim.id: claim for claim in CLAIMS}
+    by_id = dict(registry.CLAIMS_BY_ID)  # with the misses registered above
     for row in rows:
         claim = by_id[row["claim"]]
         assert row["source"] == claim.source
@@ -108,7 +111,9 @@ def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys):
         expected = "–" if PLANTED not in claim.backbones else "expected" if claim.planted_miss is None else \
             "known miss:\n" + (", ".join(claim.planted_miss.architectures or ()) or "every SAE")
         assert row["on planted"] == expected, claim.id
-    assert rows[[r["claim"] for r in rows].index("table6.outliers-fewer-latents")]["on planted"] == "expected"
+    assert rows[[r["claim"] for r in rows].index("table6.outliers-fewer-latents")]["on planted"] == \
+        "known miss:\nbatchtopk, matryoshka"
+    assert rows[[r["claim"] for r in rows].index("table6.outliers-reconstructed-better")]["on planted"] == "expected"
     assert rows[[r["claim"] for r in rows].index("table3.cls-high-removal-improves")]["on planted"] == \
         "known miss:\nevery SAE"
     sources = [row["source"] for row in rows]

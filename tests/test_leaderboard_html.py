@@ -393,7 +393,7 @@ def test_claim_hover_shows_the_margin_when_the_file_has_one() -> None:
     assert ClaimVerdict(passed=False, detail="", source="s", measured={}, margin=float("nan")).margin is None
 
 
-def test_a_known_planted_miss_reads_known_miss_on_planted_only() -> None:
+def test_a_known_planted_miss_reads_known_miss_on_planted_only(known_planted_miss) -> None:
     """The page tells a miss the registry expects on the planted instrument from a real failure."""
     from types import SimpleNamespace
 
@@ -401,7 +401,8 @@ def test_a_known_planted_miss_reads_known_miss_on_planted_only() -> None:
     from scopebench.results.leaderboard import _claims
     from scopebench.results.records import ClaimVerdict
 
-    claim = "table3.cls-high-removal-improves"  # a registered known planted miss (Claim.planted_miss)
+    claim = "table3.cls-high-removal-improves"
+    known_planted_miss(claim, "the context barely misleads the probe")  # a miss of the planted data: every SAE
     missed = ClaimVerdict(passed=False, detail="cls_gain_high_removed_lo > 0 fails", source="Table 3", measured={})
     held = ClaimVerdict(passed=True, detail="fvu_o <= fvu_a holds", source="Table 6", measured={})
     claims = {claim: missed, "table6.outliers-reconstructed-better": held}

@@ -361,15 +361,9 @@ def _reconstruction_result(backbone: str, l0_o: float, architecture: str = "batc
 
 
 @pytest.fixture
-def l0_known_miss(monkeypatch):
+def l0_known_miss(known_planted_miss):
     """The L0 claim as planted v7 registered it: a known planted miss of batch-wide selection (BatchTopK)."""
-    from scopebench.claims import registry
-
-    claim = registry.CLAIMS_BY_ID["table6.outliers-fewer-latents"]
-    missed = claim.model_copy(update={"planted_miss": registry.KnownMiss(
-        architectures=("batchtopk", "matryoshka"), reason="batch-wide selection")})
-    monkeypatch.setattr(registry, "CLAIMS", tuple(missed if c is claim else c for c in registry.CLAIMS))
-    monkeypatch.setitem(registry.CLAIMS_BY_ID, claim.id, missed)
+    known_planted_miss("table6.outliers-fewer-latents", "batch-wide selection", ("batchtopk", "matryoshka"))
 
 
 def test_a_known_planted_miss_reads_known_miss_and_a_repeated_check_shows_once(l0_known_miss) -> None:

@@ -64,8 +64,9 @@ def test_margins_per_seed_their_minimum_and_a_failure(tmp_path, capsys):
     assert rows[other]["held at every seed"] == "yes"
 
 
-def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, capsys):
+def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, capsys, known_planted_miss):
     seed_margins = _module()
+    known_planted_miss("table3.cls-high-removal-improves", "the context barely misleads the probe")
 
     def scored_miss(raw):
         _margins(raw)

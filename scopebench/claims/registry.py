@@ -280,14 +280,6 @@ PAPER_BOUNDS: dict[str, float] = {
 #: low-CDS harm (+7.2% RMSE on CLIP-B/16), so "close" and "clearly worse" cannot both hold.
 HIGH_REMOVAL_CLOSE = 0.05
 
-#: Why the planted instrument does not show that removing the high-CDS features improves classification
-#: (measured 2026-12-02 on planted v8, BatchTopK): its view-level context barely misleads the linear probe.
-#: A property of the planted data, so it names no architecture: it is known for every SAE.
-_PLANTED_CLS_GAIN_MISS = KnownMiss(reason=(
-    "the planted context barely misleads the linear probe: on 4096 test scenes (BatchTopK, seed 0) removing the "
-    "high-CDS features changes top-1 by +0.24 points, interval -0.27 to +0.71, so the bench's 512 scenes cannot "
-    "show it (README, fidelity of the planted default)"))
-
 _ALL_REAL = tuple(PAPER_TABLES["table6"])
 _CLIP = ("clip-b16", "clip-l14", "clip-l14-336")
 _BASE_OTHERS = ("dinov2-b", "deit3-b", "siglip2-b")
@@ -351,7 +343,7 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("table3.cls-high-removal-improves", "Table 3", "removal_probes",
            "Removing high-CDS features improves classification accuracy: the paired-bootstrap interval of the gain "
            "over test images lies above zero.",
-           _CLIP[:2], Relation(a="cls_gain_high_removed_lo", op=">", b=0.0), planted_miss=_PLANTED_CLS_GAIN_MISS),
+           _CLIP[:2], Relation(a="cls_gain_high_removed_lo", op=">", b=0.0)),
     _claim("table8.seg-low-removal-hurts-more", "Table 8", "removal_probes",
            "Beyond CLIP, removing low-CDS features lowers segmentation mIoU more than removing high-CDS ones.",
            _BASE_OTHERS, Relation(a="seg_miou_low_removed", op="<", b="seg_miou_high_removed")),
@@ -377,7 +369,7 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("figure8.cls-high-removal-improves", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing high-CDS features improves classification accuracy (the "
            "paired-bootstrap interval of the gain lies above zero).",
-           _OTHERS, Relation(a="cls_gain_high_removed_lo", op=">", b=0.0), planted_miss=_PLANTED_CLS_GAIN_MISS),
+           _OTHERS, Relation(a="cls_gain_high_removed_lo", op=">", b=0.0)),
     _claim("figure8.cls-low-removal-hurts", "Figure 8", "removal_probes",
            "Beyond CLIP, at every scale, removing low-CDS features lowers classification accuracy.",
            _OTHERS, Relation(a="cls_top1_low_removed", op="<", b="cls_top1_original")),
