@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench bench-seeds outlier-study perf perf-compare faults regression precision-effect leaderboard-png install clean
+.PHONY: test bench bench-seeds outlier-study feature-scope perf perf-compare faults regression precision-effect leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench-seeds: $(STAMP)
 # (README, "Fidelity of the planted default"): four trainer variants x SEEDS, one table.
 outlier-study: $(STAMP)
 	$(PY) bench/outlier_code_study.py --seeds $(SEEDS) --no-progress
+
+# Where each baseline's features lie in the planted truth (global / local / mixed decoder rows) beside their CDS
+# (README, "Three run modes, one suite"): why an SAE has a CDS partition on the planted default or not.
+feature-scope: $(STAMP)
+	$(PY) bench/feature_scope.py --no-progress
 
 # Regression mode on the planted default against the committed baseline (bench/baseline): every quantity
 # within its seed-spread tolerance, no claim verdict flipped. Results go to a temporary folder.

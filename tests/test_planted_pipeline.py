@@ -18,7 +18,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from scopebench.backbones.planted import PlantedBackbone
+from scopebench.backbones.planted import SCOPE_CUTS, PlantedBackbone
 from scopebench.suite.scales import PLANTED_SCALE
 from scopebench.pipeline.cache import ActivationStore
 from scopebench.probes.config import DepthConfig, SegmentationConfig
@@ -69,9 +69,7 @@ def planted_outlier_mask(workbench: Workbench, planted: PlantedBackbone, purpose
 @pytest.fixture(scope="module")
 def global_share(planted_workbench: Workbench, planted: PlantedBackbone) -> np.ndarray:
     """Per SAE feature: the share of its unit decoder row's squared norm in the planted global subspace."""
-    rows = torch.nn.functional.normalize(planted_workbench.sae(BACKBONE, SAE).W_dec.detach().cpu(), dim=-1)
-    return (rows @ planted.truth(torch.zeros(1, 3, planted.spec.image_size, planted.spec.image_size)).global_basis
-            ).pow(2).sum(-1).double().numpy()
+    return planted.global_share(planted_workbench.sae(BACKBONE, SAE).W_dec).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +79,9 @@ def planted_scope(planted_workbench: Workbench, global_share: np.ndarray) -> tup
     Features with 20-80% of their decoder row in the global subspace have no clear scope and are left out.
     """
     cds = planted_workbench.run("cds", BACKBONE, SAE).details[0].cds
-    clear = np.flatnonzero(np.isfinite(cds) & ((global_share < 0.2) | (global_share > 0.8)))
-    return clear, global_share[clear] > 0.8
+    local, global_ = SCOPE_CUTS
+    clear = np.flatnonzero(np.isfinite(cds) & ((global_share < local) | (global_share > global_)))
+    return clear, global_share[clear] > global_
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

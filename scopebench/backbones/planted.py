@@ -81,6 +81,8 @@ TEXTURE_TOP_K = 4  # texture detectors kept per patch
 OUTLIER_LOCAL_SHARE = 0.1  # what remains of an outlier position's local part
 CONTEXT_NORM = 2.0  # peak norm of each context atom a normal token carries
 POSITION_BIAS = 1.0  # weight of normal queries' pull toward the view centre (absolute-position signal)
+#: a direction's planted scope by its global_share: local below the first, global above the second, else mixed
+SCOPE_CUTS = (0.2, 0.8)
 
 
 @dataclass
@@ -207,6 +209,13 @@ class PlantedBackbone:
     def context_atoms(self) -> torch.Tensor:
         """``[N_CONTEXT, D]`` unit directions of the context (rows), orthogonal to every global atom."""
         return self._context_atoms.clone()
+
+    def global_share(self, directions: torch.Tensor) -> torch.Tensor:
+        """``[n]``: the share of each row of ``directions [n, D]``'s squared norm in the planted global subspace
+        (the outliers' and the context's atoms): 1 for a global direction, 0 for a local one.  How an SAE
+        feature's planted scope is read from its decoder row (:data:`SCOPE_CUTS`)."""
+        rows = F.normalize(directions.detach().to("cpu", torch.float64), dim=-1)
+        return (rows @ self._global_basis.double()).pow(2).sum(-1)
 
     # -- token construction -------------------------------------------------------------
 
