@@ -23,7 +23,9 @@ from scopebench.sae.safetensors_io import read_safetensors
 from scopebench.sae.token_sampling import PatchTokenSampler
 
 # Bump when a change to training alters the SAE it produces: cached SAEs are keyed by it.
-TRAINER_VERSION = 3  # 2: BatchTopK threshold calibrated after training; 3: small encoder at init
+# 2: BatchTopK threshold calibrated after training; 3: small encoder at init; 4: the L0 forecast's horizon is the
+# learning rate after the freeze (ReLU, JumpReLU)
+TRAINER_VERSION = 4
 SAE_DIR = "sae"
 LOSS_LOG_FILE = "loss_log.json"
 STATE_DIR = "train_state"
@@ -53,7 +55,7 @@ class L0Controller:
 
         m_t    = beta m_{t-1} + (1 - beta) y_t                    running log L0   (m = y at the first step)
         g_t    = beta g_{t-1} + (1 - beta) (m_t - m_{t-1}) / lambda_t      its trend per unit of learning rate
-        f_t    = m_t + g_t * sum_{s > t} lambda_s                  forecast of log(L0 + 1) at the last step
+        f_t    = m_t + g_t * H,   H = sum_{s >= n_steps} lambda_s     forecast of log(L0 + 1) at the last step
         e_t    = clip(f_t - log(target_l0 + 1), -1, 1)
         log c_{t+1} = log c_t + gain * e_t
 
@@ -66,8 +68,12 @@ class L0Controller:
     Why the forecast: the L0 answers a change of ``c`` slowly (Adam moves encoder biases and thresholds
     a bounded amount per step) and drifts on its own as the dictionary sharpens, so a controller on the
     current L0 keeps raising ``c`` while the L0 is still coming down from its initial value, and lands
-    far below the target (JumpReLU on the planted default: 11-13 instead of 30).  Counting the remaining
-    learning rate makes the forecast shrink to the current L0 as the learning rate decays.  Updates wait
+    far below the target (JumpReLU on planted v9 at seed 0: 20 instead of 30, after 15 at step 300).  Why
+    the horizon ``H`` is the learning rate left after the freeze, not all that is left: until the freeze
+    the controller itself corrects whatever the L0 does, and much of the trend before it is the answer to
+    the controller's own rising weight; extrapolating that over the rest of the run made it ease off early
+    (planted v9, seed 0: ReLU at L0_A 38.7 and JumpReLU at 41.6; with ``H``, 27.2 and 27.4).  Only the drift
+    after the freeze goes uncorrected, so that is what the forecast adds.  Updates wait
     for the end of the learning-rate warm-up, whose transient would read as a trend, so ``c_0`` must not
     be far above the calibrated weight: a ReLU SAE started 100x too high loses a third of its latents
     during the warm-up, before calibration acts (they never fire again).  The clip bounds a step's
@@ -86,8 +92,9 @@ class L0Controller:
     initial: float
     #: the weight ``c_t`` the next step trains with (kept as the weight, not its log, so ``c_0`` is exact)
     weight: float
-    #: ``sum_{s > t} lambda_s`` and ``lambda_t`` for each training step ``t``
-    remaining_lr: list[float]
+    #: ``H``: the learning rate (in units of the peak) left after the weight freezes
+    horizon: float
+    #: ``lambda_t`` for each training step ``t``
     lr_factors: list[float]
     trend_mean: float | None = None
     trend_slope: float = 0.0
@@ -107,13 +114,9 @@ class L0Controller:
             raise ValueError(f"target_l0: {recipe.target_l0} is not below d_sae={d_sae}; expected a number in "
                              f"(0, {d_sae}): the active latents per token")
         factors = [_lr_factor(step, n_train_steps, recipe) for step in range(n_train_steps)]
-        remaining, total = [0.0] * n_train_steps, 0.0
-        for step in reversed(range(n_train_steps)):
-            remaining[step] = total
-            total += factors[step]
-        return cls(name, float(recipe.target_l0), float(recipe.l0_calibration_gain),
-                   math.ceil(recipe.l0_calibration_fraction * n_train_steps), recipe.lr_warmup_steps, start,
-                   start, remaining, factors)
+        n_steps = math.ceil(recipe.l0_calibration_fraction * n_train_steps)
+        return cls(name, float(recipe.target_l0), float(recipe.l0_calibration_gain), n_steps,
+                   recipe.lr_warmup_steps, start, start, math.fsum(factors[n_steps:]), factors)
 
     @property
     def value(self) -> float:
@@ -132,7 +135,7 @@ class L0Controller:
             self.trend_mean = L0_TREND_BETA * previous + (1.0 - L0_TREND_BETA) * y
             rate = (self.trend_mean - previous) / self.lr_factors[step]
             self.trend_slope = L0_TREND_BETA * self.trend_slope + (1.0 - L0_TREND_BETA) * rate
-        forecast = self.trend_mean + self.trend_slope * self.remaining_lr[step]
+        forecast = self.trend_mean + self.trend_slope * self.horizon
         error = max(-1.0, min(1.0, forecast - math.log(self.target_l0 + 1.0)))
         self.weight *= math.exp(self.gain * error)
 
