@@ -1,9 +1,7 @@
 """bench/feature_scope.py (``make feature-scope``): a feature's planted scope and what CDS says of it."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +9,11 @@ import torch
 
 from scopebench.backbones.planted import SCOPE_CUTS, PlantedBackbone
 from scopebench.backbones.registry import get_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import load_bench_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("feature_scope", ROOT / "bench" / "feature_scope.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("feature_scope")
 
 
 def test_global_share_is_one_on_the_planted_global_atoms_and_zero_on_the_local_ones() -> None:

@@ -1,22 +1,15 @@
 """bench/outlier_code_study.py (``make outlier-study``): which trainer each variant row describes."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from scopebench.suite.scales import PLANTED_SCALE
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import load_bench_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("outlier_code_study", ROOT / "bench" / "outlier_code_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("outlier_code_study")
 
 
 def test_a_variant_extends_the_planted_scales_overrides_and_the_default_row_is_the_planted_default() -> None:

@@ -1,21 +1,19 @@
 """bench/seed_margins.py (``make bench-seeds``): each claim's margin per seed, and the exit code on a failure."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboard" / "results" / "planted__batchtopk.json"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("seed_margins", ROOT / "bench" / "seed_margins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("seed_margins")
 
 
 def _run(tmp_path: Path, name: str, edit) -> Path:
