@@ -8,12 +8,13 @@ hurt a linear probe; the gain is the finite-sample nuisance fit the planted back
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from scopebench.analyses.removal_probes.probing import SPLITS, probe_targets
 from scopebench.pipeline.cache import ActivationStore
-from scopebench.pipeline.scc import square_resize
+from scopebench.pipeline.loader import ResizedView, batch_plan, load_views
 from scopebench.probes.bootstrap import paired_interval, resampled_top1
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
 from scopebench.probes.standardize import fit_standardize
@@ -25,16 +26,15 @@ from scopebench.suite.workbench import Workbench
 def test_removing_the_planted_context_raises_a_linear_probes_top1(tmp_path):
     bench = Workbench(ActivationStore(tmp_path), device="cpu", progress=False, scales={"planted": PLANTED_SCALE})
     backbone = bench.backbone("planted")
-    size, interpolation = backbone.preprocess.image_size, backbone.preprocess.interpolation
+    resize = ResizedView(backbone.preprocess.image_size, backbone.preprocess.interpolation)
     pooled, labels = {}, {}
     for split in SPLITS:
         data = bench.dataset("planted", f"probe-cls-{split}")
         labels[split] = probe_targets(data, "label", 0)
         parts = []
-        for start in range(0, len(data), 128):
-            pixels = torch.stack([square_resize(data[i].image, size, interpolation)
-                                  for i in range(start, min(start + 128, len(data)))])
-            truth = backbone.truth(pixels)
+        for views in load_views(data, np.arange(len(data)), resize, batch_plan(len(data), 128), workers=0,
+                                target=torch.device("cpu")):
+            truth = backbone.truth(views[""])
             parts.append(torch.stack([truth.local_part.mean(1), (truth.context_part + truth.global_part).mean(1)]))
         pooled[split] = torch.cat(parts, dim=1)
     # the bench's probe, standardised by the full tokens' training statistics as the bench standardises all

@@ -22,7 +22,7 @@ from scopebench.backbones.planted import SCOPE_CUTS, PlantedBackbone
 from scopebench.suite.scales import PLANTED_SCALE
 from scopebench.pipeline.cache import ActivationStore
 from scopebench.probes.config import DepthConfig, SegmentationConfig
-from scopebench.pipeline.scc import square_resize
+from scopebench.pipeline.loader import ResizedView, batch_plan, load_views
 from scopebench.suite.workbench import Workbench
 
 BACKBONE = "planted"
@@ -59,11 +59,11 @@ def planted(planted_workbench: Workbench) -> PlantedBackbone:
 
 def planted_outlier_mask(workbench: Workbench, planted: PlantedBackbone, purpose: str) -> np.ndarray:
     """``[images, patches]`` bool: where the planted backbone put the global part, for one token set."""
-    acts = workbench.tokens(BACKBONE, purpose)
-    data = workbench.dataset(BACKBONE, purpose)
-    size, interpolation = planted.preprocess.image_size, planted.preprocess.interpolation
-    pixels = torch.stack([square_resize(data[int(i)].image, size, interpolation) for i in acts.image_index])
-    return planted.truth(pixels).outlier_mask.numpy()
+    rows = np.asarray(workbench.tokens(BACKBONE, purpose).image_index)
+    resize = ResizedView(planted.preprocess.image_size, planted.preprocess.interpolation)
+    views = load_views(workbench.dataset(BACKBONE, purpose), rows, resize, batch_plan(len(rows), len(rows)),
+                       workers=0, target=torch.device("cpu"))
+    return planted.truth(next(views)[""]).outlier_mask.numpy()
 
 
 @pytest.fixture(scope="module")
