@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: test bench bench-seeds outlier-study feature-scope perf perf-compare faults regression precision-effect leaderboard-png install clean
+.PHONY: test test-bench-scale bench bench-seeds bench-family outlier-study feature-scope perf perf-compare faults regression precision-effect leaderboard-png install clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 # --dist loadfile: one worker runs all of a module, so module-scoped fixtures (the planted
 # pipeline of tests/test_planted_pipeline.py) are built once, not once per worker (2x faster).
 test: $(STAMP)
-	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not faults"
+	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not faults and not bench_scale"
+
+# The unit tests that train or probe at the planted bench's full scale (minutes each; .ci/run runs them after
+# `make test`): the baselines' L0 calibration as the bench trains them, Table 3's gain in the planted truth.
+test-bench-scale: $(STAMP)
+	$(PY) -m pytest tests -q -n 2 -m bench_scale
 
 # Fault injection that kills whole (tiny) runs and resumes them: minutes, so not in `make test`.
 # The fast damage cases of tests/faults/ run in `make test` too.
@@ -31,16 +36,25 @@ faults: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes batchtopk,topk
 
-# The several-seed evidence (README, "Fidelity of the planted default"): the planted bench with SEED_RECIPES at each
-# SAE training seed of SEEDS, then every claim's margin per seed. Fails when an asserted claim fails at any seed.
-# Results go to SEEDS_DIR/seed-N (a temporary folder unless given).
+# The several-seed evidence (README, "Fidelity of the planted default"): the planted bench (the cases BENCH_K selects,
+# on the planted sizes PLANTED_SIZES) with SEED_RECIPES at each SAE training seed of SEEDS, then every claim's margin
+# per seed. Fails when an asserted claim fails at any seed. Results go to SEEDS_DIR/seed-N (a temporary folder unless
+# given).
 SEEDS ?= 0 1 2
 SEED_RECIPES ?= batchtopk
+BENCH_K ?= planted
+PLANTED_SIZES ?= s
 bench-seeds: $(STAMP)
 	d="$${SEEDS_DIR:-$$(mktemp -d)}"; status=0; for s in $(SEEDS); do \
-		$(PY) -m pytest bench -q --ignore=bench/perf -k planted --sae-recipes $(SEED_RECIPES) --no-progress --seed $$s \
+		$(PY) -m pytest bench -q --ignore=bench/perf -k "$(BENCH_K)" --planted-sizes $(PLANTED_SIZES) \
+			--sae-recipes $(SEED_RECIPES) --no-progress --seed $$s \
 			--results-dir $$d/seed-$$s --cache-dir $$d/cache --plots-dir $$d/plots-$$s || status=1; \
 	done; $(PY) bench/seed_margins.py $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) || status=1; exit $$status
+
+# Figure 8 on the planted family (README, "Fidelity of the planted default"): BatchTopK's classification probes on
+# planted, planted-b and planted-l at each seed of SEEDS, and the claim that the low-removal gap narrows with size.
+bench-family:
+	$(MAKE) bench-seeds BENCH_K="planted and figure8" PLANTED_SIZES=s,b,l SEED_RECIPES=batchtopk
 
 # How the trainer's first steps shape BatchTopK's outlier code and the CDS partition on the planted default
 # (README, "Fidelity of the planted default"): four trainer variants x SEEDS, one table.

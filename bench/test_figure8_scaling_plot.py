@@ -4,7 +4,7 @@ import pytest
 
 from scopebench.backbones.registry import REGISTRY
 from scopebench.claims.registry import family_claims
-from scopebench.plugin.bench import sae_variants
+from scopebench.plugin.bench import is_benched, sae_variants
 from scopebench.results.plots import plot_removal_scaling
 from scopebench.suite.workbench import Unavailable
 
@@ -17,6 +17,9 @@ def test_figure8_scaling_plot(workbench, family, plots_dir, pytestconfig, claim_
     results, reason = {}, ""
     for name, spec in REGISTRY.items():
         if spec.family != family:
+            continue
+        if not is_benched(pytestconfig, name):
+            reason = f"{name} is left out by --planted-sizes; make bench-family benches every planted size"
             continue
         try:
             sae_name = sae_variants(pytestconfig, name)[0]

@@ -1,4 +1,5 @@
-"""The claims suite's own options (--sae, --sae-recipes) are checked once, at startup, with the fix named."""
+"""The claims suite's own options (--sae, --sae-recipes, --planted-sizes) are checked once, at startup, with the fix
+named."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ from scopebench.plugin import bench
 class _Config:
     """The two things the option checks read from a pytest config: getoption and the stash."""
 
-    def __init__(self, sae: list[str], recipes: str = "batchtopk,topk") -> None:
-        self.options = {"sae": sae, "sae_recipes": recipes, "plots_dir": None, "scale": None}
+    def __init__(self, sae: list[str], recipes: str = "batchtopk,topk", planted_sizes: str = "s") -> None:
+        self.options = {"sae": sae, "sae_recipes": recipes, "plots_dir": None, "scale": None,
+                        "planted_sizes": planted_sizes}
         self.stash = pytest.Stash()
         self.rootpath = Path(".")
 
@@ -46,6 +48,28 @@ def test_bad_sae_values_stop_the_run_naming_the_fix(checkpoint: Path, value: str
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
     with pytest.raises(pytest.UsageError, match=r"unknown recipe\(s\) \['bogus'\]; known: \['batchtopk'"):
         bench.pytest_configure(_Config([], recipes="batchtopk,bogus"))
+
+
+def test_a_run_benches_the_planted_sizes_it_names_and_every_real_backbone() -> None:
+    default, family = _Config([]), _Config([], planted_sizes="s, b,l")
+    for config in (default, family):
+        bench.pytest_configure(config)
+    assert [bench.is_benched(default, n) for n in ("planted", "planted-b", "planted-l", "dinov2-b")] == \
+        [True, False, False, True]
+    assert all(bench.is_benched(family, n) for n in ("planted", "planted-b", "planted-l", "dinov2-b"))
+    larger = _Config([], planted_sizes="l")
+    bench.pytest_configure(larger)
+    assert [bench.is_benched(larger, n) for n in ("planted", "planted-b", "planted-l")] == [False, False, True]
+
+
+@pytest.mark.parametrize(("sizes", "message"), [
+    ("s,xl", "--planted-sizes: unknown size(s) xl; the planted family's sizes are s, b, l"),
+    (" , ", "--planted-sizes: empty; the planted family's sizes are s, b, l (e.g. --planted-sizes s,b,l)"),
+])
+def test_planted_sizes_outside_the_family_stop_the_run(sizes: str, message: str) -> None:
+    with pytest.raises(pytest.UsageError) as err:
+        bench.pytest_configure(_Config([], planted_sizes=sizes))
+    assert message in str(err.value)
 
 
 def test_checkpoints_join_the_recipes_of_the_backbone_they_are_bound_to(checkpoint: Path) -> None:

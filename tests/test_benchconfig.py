@@ -150,3 +150,11 @@ def test_a_scale_file_changes_one_backbone_and_bad_ones_are_refused_naming_the_p
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ScaleFileError, match="cannot read a JSON object"):
         read_scale_file(tmp_path / "broken.json")
+
+
+def test_every_planted_size_runs_at_the_planted_scale_and_real_backbones_at_the_papers() -> None:
+    from scopebench.suite.scales import scale_for, scale_name_for
+
+    assert [scale_name_for(n) for n in ("planted", "planted-b", "planted-l")] == ["planted"] * 3
+    assert scale_for("planted-l") is PLANTED_SCALE
+    assert scale_name_for("dinov2-b") == "paper" and scale_name_for("my-own-vit") == "paper"

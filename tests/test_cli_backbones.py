@@ -81,7 +81,9 @@ def test_weights_column_finds_local_files(tmp_path, monkeypatch, capsys):
     rows = _rows(capsys)
     found = {name for name, row in rows.items() if row["weights"] == "found"}
     assert found == {"deit3-s", "clip-b16"}
-    assert {row["weights"] for name, row in rows.items() if name not in found | {"planted"}} == {"missing"}
+    planted = {"planted", "planted-b", "planted-l"}
+    assert {row["weights"] for name, row in rows.items() if name in planted} == {"built-in"}
+    assert {row["weights"] for name, row in rows.items() if name not in found | planted} == {"missing"}
 
 
 def test_name_filter_unknown_name_and_bad_config(tmp_path, monkeypatch, capsys):

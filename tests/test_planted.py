@@ -113,6 +113,45 @@ def test_context_blobs_move_with_the_view(backbone, pixels, shift):
     assert moved.float().mean() >= 0.9
 
 
+def test_larger_planted_sizes_add_only_a_class_informative_context_on_a_blob(backbone, scenes, pixels):
+    """Figure 8's mechanism: planted-b and planted-l carry the default's tokens plus a semantic context that says
+    the view's dominant class, along the semantic atoms (orthogonal to the outliers' atoms), on a moving blob."""
+    small = backbone.truth(pixels)
+    assert (small.semantic_codes == 0).all()
+    labels = torch.tensor([s.label for s in scenes])
+    for name in ("planted-b", "planted-l"):
+        larger = PlantedBackbone(get_spec(name), seed=0)
+        size = planted.SEMANTIC_CONTEXT[get_spec(name).size]
+        big = larger.truth(pixels)
+        for field in ("outlier_mask", "local_part", "global_part", "context_choice", "context_amplitude"):
+            assert torch.equal(getattr(big, field), getattr(small, field)), field
+        extra = big.context_part - small.context_part
+        assert (extra[big.outlier_mask] == 0).all()
+        assert (extra @ larger.global_atoms.T).abs().max() < 1e-4 and (extra @ big.local_basis).abs().max() < 1e-4
+        # every token's extra is a share in [0, 1] of the view's one semantic vector, at this size's norm
+        vector = size * big.semantic_codes @ larger.semantic_atoms  # [B, D]
+        share = (extra @ vector[..., None]).squeeze(-1) / vector.pow(2).sum(-1, keepdim=True)
+        torch.testing.assert_close(extra, share[..., None] * vector[:, None, :], atol=1e-5, rtol=0)
+        assert share.min() > -1e-5 and share.max() < 1 + 1e-5 and 0.02 < (share > 0).float().mean() < 0.6
+        torch.testing.assert_close(big.semantic_codes.norm(dim=-1), torch.ones(len(scenes)))
+        # the strongest semantic atom names the class: chance is 1/8 (4 of 32 scenes, sd 1.9); 12 is 4 sd above
+        assert (big.semantic_codes.argmax(-1) == labels).sum() >= 12
+        assert larger.weights_id == f"planted:{planted.VERSION}:seed0:semantic={size}"
+
+
+def test_planted_sizes_are_the_registry_family(backbone):
+    from scopebench.backbones.registry import REGISTRY
+    from scopebench.claims.registry import PLANTED_FAMILY
+
+    family = [spec for spec in REGISTRY.values() if spec.source == "planted"]
+    assert tuple(spec.name for spec in family) == PLANTED_FAMILY
+    assert [spec.size for spec in family] == list(planted.SEMANTIC_CONTEXT)
+    assert list(planted.SEMANTIC_CONTEXT.values()) == sorted(planted.SEMANTIC_CONTEXT.values())
+    shared = [spec.model_dump(exclude={"name", "size"}) for spec in family]
+    assert all(fields == shared[0] for fields in shared)  # the sizes differ in the planted mechanism alone
+    assert backbone.weights_id == f"planted:{planted.VERSION}:seed0"
+
+
 def test_local_part_is_a_function_of_the_patch_alone(backbone, pixels):
     edited = pixels[:2].clone()
     r, c = 5, 9
@@ -304,3 +343,7 @@ def test_bad_inputs_raise_clear_errors(backbone):
         PlantedBackbone(get_spec("deit3-s"))
     with pytest.raises(ValueError, match="embed_dim"):
         PlantedBackbone(SPEC.model_copy(update={"embed_dim": 32}))
+    with pytest.raises(ValueError, match=r"size 'xl'; the planted family's sizes are s, b, l"):
+        PlantedBackbone(SPEC.model_copy(update={"size": "xl"}))
+    with pytest.raises(ValueError, match="semantic_context must be >= 0"):
+        PlantedBackbone(SPEC, semantic_context=-1.0)

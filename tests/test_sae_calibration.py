@@ -222,7 +222,7 @@ def test_recipes_choose_calibration_and_baselines_target_the_papers_k(tokens):
         train_sae(_recipe("relu", l1_coeff=0), tokens, progress=False)
 
 
-@pytest.mark.slow
+@pytest.mark.bench_scale
 @pytest.mark.parametrize("arch", list(RECIPES))
 def test_baselines_reach_the_papers_k_on_the_planted_default(tmp_path_factory, arch):
     """As the bench trains them (planted scale's recipe overrides): within 20% of k = 30, few dead latents.

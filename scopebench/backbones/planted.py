@@ -40,6 +40,13 @@ default"); at 256 the same random dictionary leaves isotropic tokens at FVU 0.33
   planted default").  At population level extra features cannot hurt a linear probe: the gain, like the
   paper's half a point, is an estimation effect.
 
+The planted family (Figure 8) has three sizes, ``planted`` (s, the embedded default), ``planted-b`` and
+``planted-l``, which differ only in ``semantic_context`` (:data:`SEMANTIC_CONTEXT`): the larger sizes' normal
+tokens also carry a class-informative context, a mix of semantic atoms weighted by the view's texture
+orientations on a moving blob (:meth:`PlantedBackbone._semantic`).  That is the paper's reading of Figure 8,
+larger models encode context in a form a linear classifier can use, planted: removing the low-CDS features
+costs the larger sizes less.
+
 Attention (per head): normal queries attend with a Gaussian in patch distance (width
 per head) modulated by the similarity of the patches' detector responses and pulled toward the view centre
 (``POSITION_BIAS``, in absolute grid coordinates: the same content elsewhere in the view
@@ -81,6 +88,9 @@ TEXTURE_TOP_K = 4  # texture detectors kept per patch
 OUTLIER_LOCAL_SHARE = 0.1  # what remains of an outlier position's local part
 CONTEXT_NORM = 2.0  # peak norm of each context atom a normal token carries
 POSITION_BIAS = 1.0  # weight of normal queries' pull toward the view centre (absolute-position signal)
+#: the planted family (Figure 8): each size's ``semantic_context``, the norm of the class-informative context its
+#: normal tokens carry beside the hashed one; the sizes share everything else (width, grid, the SAE's cost)
+SEMANTIC_CONTEXT = {"s": 0.0, "b": 1.0, "l": 2.0}
 #: a direction's planted scope by its global_share: local below the first, global above the second, else mixed
 SCOPE_CUTS = (0.2, 0.8)
 
@@ -100,6 +110,7 @@ class PlantedTruth:
     context_part: torch.Tensor  # [B, N, D] in the global subspace, zero at the outlier positions
     context_choice: torch.Tensor  # [B, CONTEXT_PER_VIEW] long: the context atoms each view carries
     context_amplitude: torch.Tensor  # [B, CONTEXT_PER_VIEW, N] in [0, 1]: each chosen atom's blob field
+    semantic_codes: torch.Tensor  # [B, N_ORIENTATIONS] unit-norm weights of the semantic atoms (zero when off)
 
 
 def _grating_templates(patch: int) -> torch.Tensor:
@@ -123,7 +134,7 @@ class PlantedBackbone:
 
     def __init__(self, spec: BackboneSpec, seed: int = 0, *, outlier_fraction: float = OUTLIER_FRACTION,
                  global_norm: float = GLOBAL_NORM, texture_top_k: int = TEXTURE_TOP_K,
-                 outlier_local_share: float = OUTLIER_LOCAL_SHARE) -> None:
+                 outlier_local_share: float = OUTLIER_LOCAL_SHARE, semantic_context: float | None = None) -> None:
         if spec.source != "planted":
             raise ValueError(f"PlantedBackbone needs a planted spec, got source={spec.source!r} ({spec.name})")
         needed = N_LOCAL + FINE_DIM + N_GLOBAL_ATOMS + CONTEXT_PER_VIEW
@@ -145,6 +156,14 @@ class PlantedBackbone:
         if not 0.0 <= outlier_local_share <= 1.0:
             raise ValueError(f"outlier_local_share must lie in [0, 1], got {outlier_local_share}")
         self.outlier_local_share = outlier_local_share
+        if semantic_context is None:
+            if spec.size not in SEMANTIC_CONTEXT:
+                raise ValueError(f"planted spec {spec.name!r} has size {spec.size!r}; the planted family's sizes are "
+                                 f"{', '.join(SEMANTIC_CONTEXT)} (or pass semantic_context)")
+            semantic_context = SEMANTIC_CONTEXT[spec.size]
+        if semantic_context < 0:
+            raise ValueError(f"semantic_context must be >= 0, got {semantic_context}")
+        self.semantic_context = float(semantic_context)
         self.preprocess = Preprocess(image_size=spec.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                                      interpolation="bicubic", crop_pct=1.0)
 
@@ -184,6 +203,10 @@ class PlantedBackbone:
         # the local atoms and the local subspace, detectors first: what every truth() call reads
         self._local_atoms = torch.cat([self._local_basis.T, self._fine_atoms])  # [N_LOCAL + N_FINE, D]
         self._local_span = torch.cat([self._local_basis, self._fine_basis], dim=1)  # [D, N_LOCAL + FINE_DIM]
+        # the semantic context of the larger planted sizes, drawn last so that the other draws stay v9's
+        self._semantic_phase_weights = torch.randn(4, n_stats, generator=gen, dtype=torch.float64)
+        self._semantic_atoms = (F.normalize(torch.randn(N_ORIENTATIONS, context_free.shape[1], generator=gen,
+                                                        dtype=torch.float64), dim=1) @ context_free.T).float()
 
     @property
     def weights_id(self) -> str:
@@ -191,6 +214,7 @@ class PlantedBackbone:
         knobs = {"frac": (self.outlier_fraction, OUTLIER_FRACTION), "norm": (self.global_norm, GLOBAL_NORM),
                  "topk": (self.texture_top_k, TEXTURE_TOP_K),
                  "olocal": (self.outlier_local_share, OUTLIER_LOCAL_SHARE),
+                 "semantic": (self.semantic_context, 0.0),
                  "geometry": (self.spec.geometry_id, get_spec("planted").geometry_id)}
         extra = "".join(f":{name}={value}" for name, (value, default) in knobs.items() if value != default)
         return f"planted:{VERSION}:seed{self.seed}{extra}"
@@ -209,6 +233,12 @@ class PlantedBackbone:
     def context_atoms(self) -> torch.Tensor:
         """``[N_CONTEXT, D]`` unit directions of the context (rows), orthogonal to every global atom."""
         return self._context_atoms.clone()
+
+    @property
+    def semantic_atoms(self) -> torch.Tensor:
+        """``[N_ORIENTATIONS, D]`` unit directions of the semantic context (rows), one per texture orientation, in
+        the context's subspace (orthogonal to every global atom)."""
+        return self._semantic_atoms.clone()
 
     def global_share(self, directions: torch.Tensor) -> torch.Tensor:
         """``[n]``: the share of each row of ``directions [n, D]``'s squared norm in the planted global subspace
@@ -340,6 +370,24 @@ class PlantedBackbone:
         amplitude = fields / fields.amax(-1, keepdim=True).clamp(min=1e-12)
         return chosen, torch.where(mask[:, None, :], 0.0, amplitude)
 
+    def _semantic(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The semantic context of a view: unit-norm weights of the semantic atoms ``[B, N_ORIENTATIONS]`` and the
+        blob field ``[B, N]`` it lies on.
+
+        The paper's reading of Figure 8 is that larger models encode broader context in a form a linear
+        classifier can use, so removing the local (low-CDS) features costs them less.  The planted family's
+        larger sizes plant exactly that: beside the hashed context, normal tokens carry a mix of
+        ``N_ORIENTATIONS`` semantic atoms weighted by the view's excess texture energy per orientation (the
+        scenes' classes differ in orientation, so the mix says the view's dominant class), on a blob field that
+        moves with the view like the hashed context's, so the features an SAE learns for it are high-CDS.
+        """
+        excess = stats[:, 3:3 + N_ORIENTATIONS].clamp(min=0)
+        weights = excess / excess.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        field = self._view_field(stats, self._context_waves, self._semantic_phase_weights)
+        field = (field - CONTEXT_BLOB_CUT * field.amax(-1, keepdim=True)).clamp(min=0)
+        amplitude = field / field.amax(-1, keepdim=True).clamp(min=1e-12)
+        return weights, torch.where(mask, 0.0, amplitude)
+
     def truth(self, pixels: torch.Tensor) -> PlantedTruth:
         """The planted decomposition of the tokens of ``pixels`` ``[B, 3, S, S]`` (float, [0, 1])."""
         self._check_pixels(pixels)
@@ -358,13 +406,19 @@ class PlantedBackbone:
         chosen, amplitude = self._context(stats, mask)
         amplitude = amplitude.float()
         context_part = CONTEXT_NORM * torch.einsum("bkn,bkd->bnd", amplitude, self._context_atoms[chosen])
+        semantic_codes = torch.zeros(len(stats), N_ORIENTATIONS)
+        if self.semantic_context > 0:
+            semantic_codes, semantic_field = (t.float() for t in self._semantic(stats, mask))
+            context_part = context_part + self.semantic_context * semantic_field[..., None] * (
+                semantic_codes @ self._semantic_atoms)[:, None, :]
         device = pixels.device
         return PlantedTruth(outlier_mask=mask.to(device), local_basis=self._local_span.to(device),
                             global_basis=self._global_basis.to(device), local_part=local_part.to(device),
                             global_part=global_part.to(device), patch_codes=patch_codes.to(device),
                             local_codes=local_codes.to(device),
                             global_codes=global_codes.to(device), context_part=context_part.to(device),
-                            context_choice=chosen.to(device), context_amplitude=amplitude.to(device))
+                            context_choice=chosen.to(device), context_amplitude=amplitude.to(device),
+                            semantic_codes=semantic_codes.to(device))
 
     # -- attention ---------------------------------------------------------------------
 

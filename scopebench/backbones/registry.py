@@ -33,6 +33,15 @@ def _timm(name, family, size, model_id, tag, image, patch, n_prefix, depth, dim,
     )
 
 
+def _planted(name, size):
+    return BackboneSpec(
+        name=name, family="planted", size=size, source="planted", model_id="planted", image_size=112,
+        patch_size=8, n_prefix=1, depth=2, embed_dim=256, n_heads=4, layer=1, tau="auto", gamma=None,
+        provenance={"image_size": "design", "patch_size": "design", "n_prefix": "design", "depth": "design",
+                    "embed_dim": "design", "n_heads": "design", "layer": "design", "tau": "design"},
+    )
+
+
 _ENTRIES = [
     _clip("clip-b16", "b", "ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.openai", 224, 16, 12, 768, 12),
     _clip("clip-l14", "l", "ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.openai", 224, 14, 24, 1024, 16),
@@ -50,16 +59,15 @@ _ENTRIES = [
           has_cls=False),
     _timm("siglip2-g", "siglip2", "g", "vit_so400m_patch14_siglip_224", "v2_webli", 224, 14, 0, 27, 1152, 16, 26,
           300.0, has_cls=False),
-    BackboneSpec(
-        name="planted", family="planted", size="s", source="planted", model_id="planted", image_size=112,
-        patch_size=8, n_prefix=1, depth=2, embed_dim=256, n_heads=4, layer=1, tau="auto", gamma=None,
-        provenance={"image_size": "design", "patch_size": "design", "n_prefix": "design", "depth": "design",
-                    "embed_dim": "design", "n_heads": "design", "layer": "design", "tau": "design"},
-    ),
+    # the planted family (Figure 8): "planted" is the embedded default; the larger sizes differ from it only in how
+    # much class-informative context their tokens carry (scopebench.backbones.planted.SEMANTIC_CONTEXT)
+    _planted("planted", "s"),
+    _planted("planted-b", "b"),
+    _planted("planted-l", "l"),
 ]
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _ENTRIES}
-REAL_BACKBONES: tuple[str, ...] = tuple(n for n in REGISTRY if n != "planted")
+REAL_BACKBONES: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if spec.source != "planted")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from scopebench.claims.registry import CLAIMS, PLANTED, Claim, evaluate, index_values
+from scopebench.claims.registry import CLAIMS, PLANTED, PLANTED_FAMILY, Claim, evaluate, index_values
 from scopebench.keys import indexed
 
 _WRAP = 25  # characters per line of the backbones cell
@@ -117,11 +117,12 @@ def render_coverage(claims: Sequence[Claim]) -> str:
             for source in sources for c in claims if c.source == source]
     backbones = {b for c in claims for b in c.backbones}
     checks = sum(len(c.backbones) for c in claims)
-    real = len(backbones - {PLANTED})
+    real = len(backbones - set(PLANTED_FAMILY))
+    planted = [name for name in PLANTED_FAMILY if name in backbones]
     count = (f"{len(claims)} claims from {len(sources)} places in the paper, {checks} (claim, backbone) checks on "
-             f"{real} of the paper's backbones" + (" and planted" if PLANTED in backbones else ""))
+             f"{real} of the paper's backbones" + (f" and {', '.join(planted)}" if planted else ""))
     table = tabulate(rows, headers=["source", "claim", "backbones", "on planted"], disable_numparse=True)
-    return "\n".join([table, "", count])
+    return "\n".join([table, "", textwrap.fill(count, 120)])
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@ the workbench.  The options themselves are rows of :data:`scopebench.plugin.opti
 
 A bench case runs one analysis and records its output: a test marked
 ``@pytest.mark.backbones("table7")`` that takes a ``backbone`` argument is parametrised over
-the backbones the claims of that paper table cover (planted first, then registry order), and,
+the backbones the claims of that paper table cover (planted first, then registry order; of the planted family,
+the sizes of ``--planted-sizes``), and,
 if it also takes ``sae_name``, over the SAE variants of this run.  Case ids therefore carry the
 backbone and the table (``pytest bench -k dinov2``, ``-k table7``).
 
@@ -30,12 +31,14 @@ _RECIPES_KEY = pytest.StashKey[list[str]]()
 _EXTERNAL_KEY = pytest.StashKey[dict[str, Path]]()
 _PLOTS_KEY = pytest.StashKey[Path]()
 _SCALES_KEY = pytest.StashKey[dict[str, BenchScale]]()
+_PLANTED_SIZES_KEY = pytest.StashKey[frozenset[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backbones(table): parametrise `backbone` over the backbones that the "
                                        "claims of this paper table or figure cover (scopebench.claims.registry)")
     recipes = _checked_recipes(config)
+    config.stash[_PLANTED_SIZES_KEY] = _checked_planted_sizes(config)
     config.stash[_RECIPES_KEY] = recipes
     config.stash[_EXTERNAL_KEY] = _checked_external_saes(config, recipes)
     try:
@@ -66,6 +69,22 @@ def _checked_recipes(config: pytest.Config) -> list[str]:
     except RecipeError as err:
         raise pytest.UsageError(f"--sae-recipes: {err}") from None
     return recipes
+
+
+def _checked_planted_sizes(config: pytest.Config) -> frozenset[str]:
+    sizes = [s.strip() for s in config.getoption("planted_sizes").split(",") if s.strip()]
+    known = [spec.size for spec in REGISTRY.values() if spec.source == "planted"]
+    unknown = [s for s in sizes if s not in known]
+    if unknown or not sizes:
+        raise pytest.UsageError(f"--planted-sizes: {'unknown size(s) ' + ', '.join(unknown) if unknown else 'empty'}; "
+                                f"the planted family's sizes are {', '.join(known)} (e.g. --planted-sizes s,b,l)")
+    return frozenset(sizes)
+
+
+def is_benched(config: pytest.Config, backbone: str) -> bool:
+    """Whether this run benches ``backbone``: every real backbone, and the planted sizes of ``--planted-sizes``."""
+    spec = REGISTRY[backbone]
+    return spec.source != "planted" or spec.size in config.stash[_PLANTED_SIZES_KEY]
 
 
 def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[str, Path]:
@@ -108,7 +127,8 @@ def sae_variants(config: pytest.Config, backbone: str) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("backbones")
     if marker is not None and "backbone" in metafunc.fixturenames:
-        names = sorted(backbones_of(*marker.args), key=lambda n: (n != "planted", list(REGISTRY).index(n)))
+        names = sorted((n for n in backbones_of(*marker.args) if is_benched(metafunc.config, n)),
+                       key=lambda n: (n != "planted", list(REGISTRY).index(n)))
         if "sae_name" in metafunc.fixturenames:
             cases = [(b, s) for b in names for s in sae_variants(metafunc.config, b)]
             metafunc.parametrize(("backbone", "sae_name"), cases, ids=[f"{b}-{s}" for b, s in cases])

@@ -114,6 +114,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--scale", type=Path, metavar="FILE",
            help='a JSON file of changes to the built-in data sizes per backbone, e.g. {"planted": {"cds": '
                 '{"images": 32}}} (fields: BenchScale and the analysis configs; recorded in the result files)'),
+    Option("--planted-sizes", default="s", metavar="LIST",
+           help="comma-separated sizes of the planted family to bench: s is the embedded default (planted); b and l "
+                "(planted-b, planted-l) carry more class-informative context and serve Figure 8's claims across "
+                "sizes, about 2 minutes each on 2 CPU cores (make bench-family benches all three)"),
     Option("--propagate", action="store_true",
            help="removal probes: run the edited tokens through the backbone's remaining blocks before probing "
                 "(default: probe at the SAE layer)"),

@@ -99,8 +99,12 @@ SCALES: dict[str, BenchScale] = {"planted": PLANTED_SCALE, "paper": PAPER_SCALE}
 
 
 def scale_name_for(backbone: str) -> str:
-    """The name in :data:`SCALES` of the scale a bench run of ``backbone`` uses."""
-    return "planted" if backbone == "planted" else "paper"
+    """The name in :data:`SCALES` of the scale a bench run of ``backbone`` uses: the planted scale for every
+    size of the planted family, the paper's for any other backbone."""
+    from scopebench.backbones.registry import REGISTRY  # here: the CLI reads SCALES without importing torch
+
+    spec = REGISTRY.get(backbone)
+    return "planted" if spec is not None and spec.source == "planted" else "paper"
 
 
 def scale_for(backbone: str) -> BenchScale:
