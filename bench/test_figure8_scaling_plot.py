@@ -15,11 +15,11 @@ EMBEDDINGS = ("original", "high_removed", "low_removed")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_figure8_scaling_plot(workbench, family, plots_dir, pytestconfig, claim_report):
     results, reason = {}, ""
+    left_out = [n for n, spec in REGISTRY.items() if spec.family == family and not is_benched(pytestconfig, n)]
+    if left_out:
+        reason = f"{', '.join(left_out)} left out by --planted-sizes; make bench-family benches every planted size"
     for name, spec in REGISTRY.items():
-        if spec.family != family:
-            continue
-        if not is_benched(pytestconfig, name):
-            reason = f"{name} is left out by --planted-sizes; make bench-family benches every planted size"
+        if spec.family != family or name in left_out:
             continue
         try:
             sae_name = sae_variants(pytestconfig, name)[0]
