@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not faults and not bench_scale"
 
-# The unit tests that train or probe at the planted bench's full scale (minutes each; .ci/run runs them after
-# `make test`): the baselines' L0 calibration as the bench trains them, Table 3's gain in the planted truth.
+# The unit tests that train SAEs or probes at or near the planted bench's scale (minutes each; .ci/run runs them after
+# `make test`): the baselines' L0 calibration as the bench trains them, Table 3's gain in the planted truth, TopK's
+# dense removal probes in the planted pipeline. --dist loadfile: each module's fixtures are built once.
 test-bench-scale: $(STAMP)
-	$(PY) -m pytest tests -q -n 2 -m bench_scale
+	$(PY) -m pytest tests -q -n 2 --dist loadfile -m bench_scale
 
 # Fault injection that kills whole (tiny) runs and resumes them: minutes, so not in `make test`.
 # The fast damage cases of tests/faults/ run in `make test` too.

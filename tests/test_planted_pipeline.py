@@ -154,7 +154,8 @@ def test_outlier_attention_moves_more_under_shift(planted_workbench: Workbench, 
 DENSE_REMOVAL = {"seg": ("seg_miou", True, 20.0), "depth": ("depth_rmse", False, 0.1)}
 
 
-@pytest.mark.parametrize("sae_name", ["batchtopk", "topk"])
+# TopK's cases train a second SAE and its probes (two minutes on 2 cores): make test-bench-scale runs them
+@pytest.mark.parametrize("sae_name", ["batchtopk", pytest.param("topk", marks=pytest.mark.bench_scale)])
 @pytest.mark.parametrize("task", list(DENSE_REMOVAL))
 def test_removing_low_cds_group_hurts_dense_tasks_most(planted_workbench: Workbench, task: str, sae_name: str) -> None:
     metrics = planted_workbench.run("removal_probes", BACKBONE, sae_name, tasks=(task,)).quantities()
