@@ -52,7 +52,7 @@ bench-seeds: $(STAMP)
 			--results-dir $$d/seed-$$s --cache-dir $$d/cache --plots-dir $$d/plots-$$s || status=1; \
 	done; $(PY) bench/seed_margins.py $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) || status=1; exit $$status
 
-# Figure 8 on the planted family (README, "Fidelity of the planted default"): BatchTopK's classification probes on
+# Figure 8 on the planted family (README, "The planted family (Figure 8)"): BatchTopK's classification probes on
 # planted, planted-b and planted-l at each seed of SEEDS, and the claim that the low-removal gap narrows with size.
 bench-family:
 	$(MAKE) bench-seeds BENCH_K="planted and figure8" PLANTED_SIZES=s,b,l SEED_RECIPES=batchtopk

@@ -69,13 +69,18 @@ def test_the_larger_planted_sizes_context_tells_a_linear_probe_more_of_the_class
     scenes = {split: SyntheticScenes(n, image_size=get_spec("planted").image_size, seed=40 + i)
               for i, (split, n) in enumerate(counts.items())}
     labels = {split: probe_targets(data, "label", 0) for split, data in scenes.items()}
-    pixels = {split: torch.stack([data[i].image for i in range(len(data))]) for split, data in scenes.items()}
+    resize = ResizedView(sizes[PLANTED_FAMILY[0]].preprocess.image_size,
+                         sizes[PLANTED_FAMILY[0]].preprocess.interpolation)
+    pixels = {split: [views[""] for views in load_views(data, np.arange(len(data)), resize,
+                                                        batch_plan(len(data), 128), workers=0,
+                                                        target=torch.device("cpu"))]
+              for split, data in scenes.items()}
     config = PLANTED_SCALE.removal_probes.probe("cls").model_copy(update={"epochs": 30, "trials": 1})
     correct = {}
     for name, backbone in sizes.items():
-        truths = {split: [backbone.truth(batch) for batch in pixels[split].split(128)] for split in SPLITS}
-        splits = [ClassificationSplit(torch.cat([(t.context_part + t.global_part).mean(1) for t in truths[s]]),
-                                      labels[s]) for s in SPLITS]
+        pooled = {s: torch.cat([(t.context_part + t.global_part).mean(1) for t in map(backbone.truth, pixels[s])])
+                  for s in SPLITS}
+        splits = [ClassificationSplit(pooled[s], labels[s]) for s in SPLITS]
         correct[name] = train_classification_probe(*splits, n_classes=scenes["train"].n_classes, config=config,
                                                    progress=False).test_scores
     for smaller, larger in zip(PLANTED_FAMILY, PLANTED_FAMILY[1:]):

@@ -366,9 +366,15 @@ class PlantedBackbone:
         chosen = (torch.sin(40.0 * stats) @ self._context_select.T).topk(CONTEXT_PER_VIEW, dim=-1).indices
         fields = torch.stack([self._view_field(stats, self._context_waves, weights)
                               for weights in self._context_phase_weights], dim=1)  # [B, K, N]
+        return chosen, self._blobs(fields, mask[:, None, :])
+
+    @staticmethod
+    def _blobs(fields: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[..., N]`` blob amplitudes in [0, 1] of view fields ``[..., N]``: what exceeds ``CONTEXT_BLOB_CUT`` of
+        each field's peak, scaled to a peak of 1, and zero where ``mask`` (the outlier positions) is set."""
         fields = (fields - CONTEXT_BLOB_CUT * fields.amax(-1, keepdim=True)).clamp(min=0)
         amplitude = fields / fields.amax(-1, keepdim=True).clamp(min=1e-12)
-        return chosen, torch.where(mask[:, None, :], 0.0, amplitude)
+        return torch.where(mask, 0.0, amplitude)
 
     def _semantic(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The semantic context of a view: unit-norm weights of the semantic atoms ``[B, N_ORIENTATIONS]`` and the
@@ -383,10 +389,7 @@ class PlantedBackbone:
         """
         excess = stats[:, 3:3 + N_ORIENTATIONS].clamp(min=0)
         weights = excess / excess.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        field = self._view_field(stats, self._context_waves, self._semantic_phase_weights)
-        field = (field - CONTEXT_BLOB_CUT * field.amax(-1, keepdim=True)).clamp(min=0)
-        amplitude = field / field.amax(-1, keepdim=True).clamp(min=1e-12)
-        return weights, torch.where(mask, 0.0, amplitude)
+        return weights, self._blobs(self._view_field(stats, self._context_waves, self._semantic_phase_weights), mask)
 
     def truth(self, pixels: torch.Tensor) -> PlantedTruth:
         """The planted decomposition of the tokens of ``pixels`` ``[B, 3, S, S]`` (float, [0, 1])."""
