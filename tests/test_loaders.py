@@ -10,6 +10,17 @@ from PIL import Image
 
 from scopebench.data import (ADE20K, DatasetLayoutError, ImageDataset, ImageNet, NYUDepthV2, SyntheticScenes,
                              one_per_class, subset)
+from scopebench.data.base import TARGET_FIELDS, read_target
+
+
+def _same_targets_as_samples(data: ImageDataset) -> None:
+    """Every target field read without the image equals the one of the decoded sample (None where absent)."""
+    for i in range(len(data)):
+        sample = data[i]
+        for field in TARGET_FIELDS:
+            expected, got = getattr(sample, field), read_target(data, i, field)
+            assert (got is None) if expected is None else (
+                torch.equal(got, expected) if isinstance(expected, torch.Tensor) else got == expected), (i, field)
 
 
 def _rgb(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> np.ndarray:
@@ -40,6 +51,7 @@ def test_imagenet_labels_follow_sorted_wnids(imagenet_root):
         sample = data[i]
         assert sample.label == data.labels[i]
         assert sample.image.shape == (3, 10, 12) and 0 <= sample.image.min() and sample.image.max() <= 1
+    _same_targets_as_samples(data)
     # JPEG is lossy, so compare with PIL's own decoding of the same file
     expected = np.asarray(Image.open(imagenet_root / "val" / "n02" / "img1.JPEG").convert("RGB")) / 255.0
     np.testing.assert_allclose(data[4].image.permute(1, 2, 0).numpy(), expected, atol=1e-6)
@@ -124,6 +136,7 @@ def test_ade20k_maps_labels_and_ignore(tmp_path):
         assert torch.equal(sample.segmentation, torch.from_numpy(expected))
         assert sample.segmentation[0, 0] == -1 and sample.segmentation[0, 1] == 149
         assert sample.image.shape == (3, 10, 12) and sample.label is None
+    _same_targets_as_samples(ADE20K(tmp_path, "val"))
     assert ADE20K(tmp_path, "validation").identity == ADE20K(tmp_path, "val").identity
     assert ADE20K(tmp_path, "val").identity.startswith("ade20k:validation:")
 
@@ -143,10 +156,14 @@ def test_ade20k_layout_errors(tmp_path):
         tmp_path / "ADEChallengeData2016" / "annotations" / "validation" / "b.png")
     with pytest.raises(DatasetLayoutError, match="annotation size"):
         ADE20K(tmp_path, "val")[1]
+    with pytest.raises(DatasetLayoutError, match="annotation size"):  # checked without decoding the image too
+        read_target(ADE20K(tmp_path, "val"), 1, "segmentation")
     Image.fromarray(np.full((10, 12), 151, np.uint8), mode="L").save(
         tmp_path / "ADEChallengeData2016" / "annotations" / "validation" / "b.png")
     with pytest.raises(DatasetLayoutError, match="exceeds 150"):
         ADE20K(tmp_path, "val")[1]
+    with pytest.raises(DatasetLayoutError, match="exceeds 150"):
+        read_target(ADE20K(tmp_path, "val"), 1, "segmentation")
     (tmp_path / "ADEChallengeData2016" / "annotations" / "validation" / "b.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DatasetLayoutError, match="unreadable"):
         ADE20K(tmp_path, "val")[1]
@@ -176,6 +193,7 @@ def test_nyud_reads_rgb_and_millimetre_depth(tmp_path):
     np.testing.assert_allclose(sample.depth.numpy(), depths["0002"] / 1000.0, rtol=1e-6)
     assert sample.depth[0, 0] == 0 and sample.depth.max() > 1.0  # metres, 0 = invalid kept
     assert data.identity.startswith("nyud:test:")
+    _same_targets_as_samples(data)
 
 
 def test_nyud_layout_errors(tmp_path):
@@ -189,9 +207,13 @@ def test_nyud_layout_errors(tmp_path):
     Image.fromarray(np.zeros((10, 12), np.uint8), mode="L").save(tmp_path / "test" / "depth" / "a.png")
     with pytest.raises(DatasetLayoutError, match="PIL mode 'L'"):
         NYUDepthV2(tmp_path, "test")[0]
+    with pytest.raises(DatasetLayoutError, match="PIL mode 'L'"):
+        read_target(NYUDepthV2(tmp_path, "test"), 0, "depth")
     (tmp_path / "test" / "rgb" / "b.png").write_bytes(b"garbage")
     with pytest.raises(DatasetLayoutError, match="unreadable"):
         NYUDepthV2(tmp_path, "test")[1]
+    with pytest.raises(DatasetLayoutError, match="unreadable"):  # the image's header is read for its size
+        read_target(NYUDepthV2(tmp_path, "test"), 1, "depth")
     empty = tmp_path / "empty"
     (empty / "test" / "rgb").mkdir(parents=True)
     (empty / "test" / "depth").mkdir()
@@ -201,12 +223,18 @@ def test_nyud_layout_errors(tmp_path):
 
 # -- sampling ---------------------------------------------------------------------------
 
-def test_subset_keeps_order_and_derives_identity():
+def test_subset_keeps_order_and_derives_identity(monkeypatch):
     data = SyntheticScenes(10, image_size=32, seed=1)
     part = subset(data, np.array([7, 2, 2]))
     assert len(part) == 3 and isinstance(part, ImageDataset)
     assert torch.equal(part[0].image, data[7].image) and torch.equal(part[2].image, data[2].image)
     assert part.labels == [data.labels[i] for i in (7, 2, 2)]
+    _same_targets_as_samples(part)
+    # a subset reads its parent's targets without rendering (probe targets cost no image)
+    with monkeypatch.context() as patch:
+        patch.setattr(SyntheticScenes, "__getitem__", lambda self, i: pytest.fail("rendered a scene for a target"))
+        assert read_target(part, 0, "label") == data.labels[7]
+        assert read_target(part, 1, "depth").shape == (32, 32)
     assert part.identity.startswith(data.identity + "|")
     assert subset(data, [7, 2, 2]).identity == part.identity
     assert subset(data, [2, 7, 2]).identity != part.identity
@@ -244,6 +272,9 @@ def test_one_per_class_reads_labels_when_none_are_cheap():
 
     picked = one_per_class(NoCheapLabels(), 2, seed=0)
     assert len({scenes.labels[i] for i in picked.indices}) == 2
+    _same_targets_as_samples(NoCheapLabels())  # no target(): read_target falls back to the whole sample
+    with pytest.raises(ValueError, match="unknown target field 'mask'"):
+        read_target(NoCheapLabels(), 0, "mask")
 
 
 def test_one_per_class_rejects_unlabelled_datasets(tmp_path):

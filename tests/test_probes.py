@@ -21,6 +21,7 @@ from scopebench.probes.metrics import miou as miou_metric
 from scopebench.probes.metrics import miou_from_confusion
 from scopebench.probes.metrics import rmse as rmse_metric
 from scopebench.probes.trainer import sample_hyperparameters
+from scopebench.probes.upsample import upsample_logits
 from scopebench.analyses.removal_probes.removal import mean_tokens_and_codes, remove_group, remove_group_pooled
 
 N_CLASSES = 3
@@ -256,13 +257,29 @@ def test_depth_logits_on_grid_equal_linear_on_upsampled_features() -> None:
     concatenated = torch.cat([global_tokens[:, None, None, :].expand(3, 3, 5, 6), tokens], dim=-1)
     features = probe.standardize(concatenated).permute(0, 3, 1, 2)
     upsampled = F.interpolate(features, size=(7, 11), mode="bilinear", align_corners=False)
-    expected = probe.linear(upsampled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    expected = probe.linear(upsampled.permute(0, 2, 3, 1))
     with torch.no_grad():
         torch.testing.assert_close(probe.logits(tokens, global_tokens, (7, 11)), expected)
         depth = probe(tokens, global_tokens, (7, 11))
     centres = probe.centres
+    # depth is the softmax-weighted mean of the bin centres, at every pixel
+    torch.testing.assert_close(depth, (expected.softmax(dim=-1) * centres).sum(dim=-1))
     assert centres[0] == pytest.approx(0.5 + 4.0 / 128) and centres[-1] == pytest.approx(4.5 - 4.0 / 128)
     assert depth.shape == (3, 7, 11) and bool(((depth > 0.5) & (depth < 4.5)).all())
+
+
+def test_logits_at_the_target_size_are_not_resampled_and_lose_nothing() -> None:
+    generator = torch.Generator().manual_seed(6)
+    # channels-last, as both dense probes lay out their logits
+    grid = torch.randn(2, 5, 4, 9, generator=generator).permute(0, 3, 1, 2).requires_grad_()
+    upstream = torch.randn(2, 9, 5, 4, generator=generator)
+    resized = F.interpolate(grid, size=(5, 4), mode="bilinear", align_corners=False)
+    assert upsample_logits(grid, (5, 4)) is grid and torch.equal(resized, grid)  # scale 1: weights 1 and 0
+    kept, = torch.autograd.grad((upsample_logits(grid, (5, 4)) * upstream).sum(), grid)
+    through, = torch.autograd.grad((resized * upstream).sum(), grid)
+    assert torch.equal(kept, through)
+    torch.testing.assert_close(upsample_logits(grid, (7, 11)),
+                               F.interpolate(grid, size=(7, 11), mode="bilinear", align_corners=False))
 
 
 def test_dense_probes_skip_ignored_pixels_and_report_recomputable_metrics() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scopebench.data.base import ImageDataset
+from scopebench.data.base import ImageDataset, read_target
 from scopebench.data.scenes import DEPTH_RANGE, SyntheticScenes
 
 PATCH = 16
@@ -54,6 +54,15 @@ def test_deterministic_per_seed_and_index_with_full_identity(samples):
                 SyntheticScenes(12, seed=5, image_size=96), SyntheticScenes(12, seed=5, n_classes=6),
                 SyntheticScenes(12, seed=5, max_regions=3)]
     assert len({v.identity for v in variants}) == len(variants)
+
+
+def test_targets_without_rendering_equal_the_samples(data, samples):
+    for i, s in enumerate(samples):
+        assert read_target(data, i, "label") == s.label
+        assert torch.equal(read_target(data, i, "segmentation"), s.segmentation)
+        assert torch.equal(read_target(data, i, "depth"), s.depth)
+    with pytest.raises(IndexError, match="out of range"):
+        data.target(len(data), "depth")
 
 
 def _patches(x: torch.Tensor) -> torch.Tensor:

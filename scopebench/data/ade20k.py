@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from scopebench.data.base import Sample
-from scopebench.data.files import (DatasetLayoutError, ScannedImages, dataset_identity, image_files, paired_maps,
-                                   read_image_and_map, require_dir)
+from scopebench.data.files import (DatasetLayoutError, ScannedImages, dataset_identity, image_files, image_size,
+                                   paired_maps, read_image_and_map, read_matching_map, require_dir)
 
 LAYOUT = ("<root>/ADEChallengeData2016/{images,annotations}/{training,validation}/ "
           "with images/<split>/<name>.jpg and annotations/<split>/<name>.png (8-bit, 0 = other, 1..150 = classes)")
 SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 N_CLASSES = 150
 IGNORE_INDEX = -1
+MAP_MODES = ("L", "P")  # 8-bit annotation PNGs
 
 
 class ADE20K(ScannedImages):
@@ -48,9 +49,18 @@ class ADE20K(ScannedImages):
         self._identity = dataset_identity("ade20k", folder, given, self._images + self._labels)
 
     def __getitem__(self, index: int) -> Sample:
-        path = self._labels[index]
-        image, raw = read_image_and_map(self._images[index], path, LAYOUT, ("L", "P"), "annotation")
+        image, raw = read_image_and_map(self._images[index], self._labels[index], LAYOUT, MAP_MODES, "annotation")
+        return Sample(image=image, segmentation=self._segmentation(index, raw))
+
+    def target(self, index: int, field: str) -> torch.Tensor | None:
+        """The item's ``field`` without decoding its image (:func:`scopebench.data.base.read_target`)."""
+        if field != "segmentation":
+            return None
+        size = image_size(self._images[index], LAYOUT)
+        return self._segmentation(index, read_matching_map(self._labels[index], size, LAYOUT, MAP_MODES, "annotation"))
+
+    def _segmentation(self, index: int, raw: np.ndarray) -> torch.Tensor:
         if raw.max() > N_CLASSES:
-            raise DatasetLayoutError(f"annotation value {int(raw.max())} exceeds {N_CLASSES}", path, LAYOUT)
-        segmentation = raw.astype(np.int64) - 1  # 0 ("other") becomes IGNORE_INDEX = -1
-        return Sample(image=image, segmentation=torch.from_numpy(segmentation))
+            raise DatasetLayoutError(f"annotation value {int(raw.max())} exceeds {N_CLASSES}", self._labels[index],
+                                     LAYOUT)
+        return torch.from_numpy(raw.astype(np.int64) - 1)  # 0 ("other") becomes IGNORE_INDEX = -1

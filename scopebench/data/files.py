@@ -85,15 +85,30 @@ def paired_maps(images: list[Path], folder: Path, what: str, expected: str) -> l
     return maps
 
 
+def image_size(path: Path, expected: str) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetLayoutError(f"unreadable image file ({err.__class__.__name__}: {err})", path, expected) from err
+    return height, width
+
+
+def read_matching_map(map_path: Path, size: tuple[int, int], expected: str, modes: tuple[str, ...],
+                      what: str) -> np.ndarray:
+    """:func:`read_map` of a map (``what``) that must have its image's ``(height, width)``."""
+    raw = read_map(map_path, expected, modes=modes)
+    if raw.shape != tuple(size):
+        raise DatasetLayoutError(f"{what} size {raw.shape} differs from image size {tuple(size)}", map_path, expected)
+    return raw
+
+
 def read_image_and_map(image_path: Path, map_path: Path, expected: str, modes: tuple[str, ...],
                        what: str) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`read_rgb` of the image and :func:`read_map` of its map (``what``), which must be the same size."""
+    """:func:`read_rgb` of the image and :func:`read_matching_map` of its map (``what``)."""
     image = read_rgb(image_path, expected)
-    raw = read_map(map_path, expected, modes=modes)
-    if raw.shape != tuple(image.shape[1:]):
-        raise DatasetLayoutError(f"{what} size {raw.shape} differs from image size "
-                                 f"{tuple(image.shape[1:])}", map_path, expected)
-    return image, raw
+    return image, read_matching_map(map_path, tuple(image.shape[1:]), expected, modes, what)
 
 
 def dataset_identity(name: str, split: str, root: Path, files: Iterable[Path]) -> str:

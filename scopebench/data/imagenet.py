@@ -60,6 +60,10 @@ class ImageNet:
     def __getitem__(self, index: int) -> Sample:
         return Sample(image=read_rgb(self._files[index], LAYOUT), label=self._labels[index])
 
+    def target(self, index: int, field: str) -> int | None:
+        """The item's ``field`` without decoding its image (:func:`scopebench.data.base.read_target`)."""
+        return self._labels[index] if field == "label" else None
+
 
 def _wnid_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir())

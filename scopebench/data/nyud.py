@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from scopebench.data.base import Sample
-from scopebench.data.files import (DatasetLayoutError, ScannedImages, dataset_identity, image_files, paired_maps,
-                                   read_image_and_map, require_dir)
+from scopebench.data.files import (DatasetLayoutError, ScannedImages, dataset_identity, image_files, image_size,
+                                   paired_maps, read_image_and_map, read_matching_map, require_dir)
 
 LAYOUT = ("<root>/{train,test}/rgb/<name>.png and <root>/{train,test}/depth/<name>.png "
           "(16-bit PNG, depth in millimetres, 0 = invalid)")
 SPLITS = ("train", "test")
 MILLIMETRES_PER_METRE = 1000.0
+MAP_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit depth PNGs
 
 
 class NYUDepthV2(ScannedImages):
@@ -41,9 +42,17 @@ class NYUDepthV2(ScannedImages):
         self._identity = dataset_identity("nyud", split, self.root, self._images + self._depths)
 
     def __getitem__(self, index: int) -> Sample:
-        path = self._depths[index]
-        image, raw = read_image_and_map(self._images[index], path, LAYOUT, ("I;16", "I;16B", "I;16L", "I"), "depth map")
+        image, raw = read_image_and_map(self._images[index], self._depths[index], LAYOUT, MAP_MODES, "depth map")
+        return Sample(image=image, depth=self._depth(index, raw))
+
+    def target(self, index: int, field: str) -> torch.Tensor | None:
+        """The item's ``field`` without decoding its image (:func:`scopebench.data.base.read_target`)."""
+        if field != "depth":
+            return None
+        size = image_size(self._images[index], LAYOUT)
+        return self._depth(index, read_matching_map(self._depths[index], size, LAYOUT, MAP_MODES, "depth map"))
+
+    def _depth(self, index: int, raw: np.ndarray) -> torch.Tensor:
         if raw.min() < 0:
-            raise DatasetLayoutError(f"negative depth value {int(raw.min())}", path, LAYOUT)
-        depth = torch.from_numpy(raw.astype(np.float32) / MILLIMETRES_PER_METRE)
-        return Sample(image=image, depth=depth)
+            raise DatasetLayoutError(f"negative depth value {int(raw.min())}", self._depths[index], LAYOUT)
+        return torch.from_numpy(raw.astype(np.float32) / MILLIMETRES_PER_METRE)

@@ -58,6 +58,8 @@ class SyntheticScenes:
         self._colours = _class_colours(n_classes)
         # orientations spread over [0, pi) so neighbouring classes differ by pi / n_classes
         self._orientations = math.pi * np.arange(n_classes) / n_classes
+        # pixel centres in image units, centred on the image: [2, H, W]
+        self._centred_grid = (np.mgrid[0:image_size, 0:image_size].astype(np.float64) + 0.5) / image_size - 0.5
 
     @property
     def identity(self) -> str:
@@ -94,19 +96,34 @@ class SyntheticScenes:
     def labels(self) -> list[int]:
         return [self.label(i) for i in range(self.n)]
 
-    def __getitem__(self, index: int) -> Sample:
+    def _geometry(self, index: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+        """The scene's generator (past the geometry's draws), region index ``[H, W]``, region classes, depth ``[H, W]``."""
         rng = self._rng(index)
         regions, classes = self._layout(rng)
-        size = self.image_size
-        segmentation = classes[regions]
-
         # depth plane: d = d0 + gradient . (position - centre), clipped to DEPTH_RANGE
         lo, hi = DEPTH_RANGE
-        yy, xx = (np.mgrid[0:size, 0:size].astype(np.float64) + 0.5) / size - 0.5
+        yy, xx = self._centred_grid
         tilt = rng.uniform(0.0, 2 * math.pi)
         slope = rng.uniform(0.3, 1.0) * (hi - lo)
         centre_depth = rng.uniform(lo + 0.25 * (hi - lo), hi - 0.25 * (hi - lo))
         depth = np.clip(centre_depth + slope * (np.cos(tilt) * yy + np.sin(tilt) * xx), lo, hi)
+        return rng, regions, classes, depth
+
+    def target(self, index: int, field: str) -> int | torch.Tensor | None:
+        """The scene's ``field`` without rendering its texture (:func:`scopebench.data.base.read_target`)."""
+        if field == "label":
+            return self.label(index)
+        if field not in ("segmentation", "depth"):
+            return None
+        _, regions, classes, depth = self._geometry(index)
+        return torch.from_numpy(classes[regions]).long() if field == "segmentation" else torch.from_numpy(depth).float()
+
+    def __getitem__(self, index: int) -> Sample:
+        rng, regions, classes, depth = self._geometry(index)
+        size = self.image_size
+        segmentation = classes[regions]
+        lo, hi = DEPTH_RANGE
+        yy, xx = self._centred_grid
 
         # texture: oriented grating whose frequency (cycles/pixel) rises with depth.  A
         # single grating cannot change frequency smoothly in 2-D without bending its
@@ -118,8 +135,9 @@ class SyntheticScenes:
         frequency = _FREQ_NEAR + (_FREQ_FAR - _FREQ_NEAR) * (depth - lo) / (hi - lo)
         grating = np.zeros_like(depth)
         for level in _FREQ_LEVELS:
-            weight = np.clip(1.0 - np.abs(frequency - level) / _FREQ_STEP, 0.0, None)
-            grating += weight * np.sin(2 * math.pi * level * along + phase)
+            weight = 1.0 - np.abs(frequency - level) / _FREQ_STEP
+            on = weight > 0.0  # at most two levels per pixel: the others would add exact zeros
+            grating[on] += weight[on] * np.sin(2 * math.pi * level * along[on] + phase[on])
         contrast = 0.35 * np.exp(-(depth - lo) / 5.0)
         noise = rng.normal(0.0, 0.02, size=(3, size, size))
 

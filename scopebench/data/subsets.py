@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from scopebench.data.base import ImageDataset, Sample
+from scopebench.data.base import ImageDataset, Sample, read_target
 
 
 class Subset:
@@ -42,6 +43,9 @@ class Subset:
 
     def __getitem__(self, index: int) -> Sample:
         return self.dataset[self.indices[index]]
+
+    def target(self, index: int, field: str) -> Any:
+        return read_target(self.dataset, self.indices[index], field)
 
 
 def subset(dataset: ImageDataset, indices: Sequence[int]) -> Subset:

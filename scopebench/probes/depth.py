@@ -24,6 +24,7 @@ from scopebench.probes.config import DepthConfig
 from scopebench.probes.metrics import per_image_rmse, scale_invariant_loss
 from scopebench.probes.standardize import Standardize, fit_standardize, probe_standardize
 from scopebench.probes.trainer import Batch, ProbeResult, random_search, seeded_linear
+from scopebench.probes.upsample import upsample_logits
 
 
 @dataclass
@@ -71,23 +72,23 @@ class DepthBinsProbe(nn.Module):
         self.register_buffer("centres", centres)
 
     def logits(self, tokens: torch.Tensor, global_tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Bin logits ``[B, n_bins, H, W]`` of ``[global token, patch token]`` at every patch, upsampled.
+        """Bin logits ``[B, H, W, n_bins]`` of ``[global token, patch token]`` at every patch, upsampled.
 
         The linear map of the concatenation is the sum of its two halves' maps, so the global
         token's half is computed once per image instead of once per patch: the same logits
-        for half the multiply-adds of the concatenated input.
+        for half the multiply-adds of the concatenated input.  The bins stay the last (contiguous)
+        dimension, so the softmax and the sum over the bin centres read them without a copy.
         """
         d = global_tokens.shape[-1]
         mean, std, weight = self.standardize.mean, self.standardize.std, self.linear.weight
         per_image = F.linear((global_tokens - mean[:d]) / std[:d], weight[:, :d], self.linear.bias)
         per_patch = F.linear((tokens - mean[d:]) / std[d:], weight[:, d:])
-        grid = (per_patch + per_image[:, None, None, :]).permute(0, 3, 1, 2)
-        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        grid = per_patch + per_image[:, None, None, :]  # [B, rows, cols, n_bins]
+        return upsample_logits(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
 
     def forward(self, tokens: torch.Tensor, global_tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Depth ``[B, H, W]``."""
-        probabilities = self.logits(tokens, global_tokens, size).softmax(dim=1)
-        return torch.einsum("bkhw,k->bhw", probabilities, self.centres)
+        return self.logits(tokens, global_tokens, size).softmax(dim=-1) @ self.centres
 
 
 def fit_depth_standardize(split: DepthSplit) -> Standardize:

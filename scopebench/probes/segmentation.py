@@ -17,6 +17,7 @@ from scopebench.probes.config import SegmentationConfig
 from scopebench.probes.metrics import image_confusion_matrices, miou_from_confusion
 from scopebench.probes.standardize import Standardize, fit_standardize, probe_standardize
 from scopebench.probes.trainer import Batch, ProbeResult, random_search, seeded_linear
+from scopebench.probes.upsample import upsample_logits
 
 
 @dataclass
@@ -52,8 +53,7 @@ class PatchClassifier(nn.Module):
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``tokens [B, rows, cols, d]`` -> logits ``[B, C, H, W]``."""
-        logits = self.linear(self.standardize(tokens)).permute(0, 3, 1, 2)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return upsample_logits(self.linear(self.standardize(tokens)).permute(0, 3, 1, 2), size)
 
 
 class SegmentationTask:

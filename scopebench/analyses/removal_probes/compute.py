@@ -28,10 +28,13 @@ def _original_probe(bench: Inputs, backbone: str, task: str, config: RemovalProb
 
     Its tokens do not depend on the SAE, so every SAE benched on ``backbone`` after the first
     pairs its removals with the same probe and trains two probes per task instead of three.
+    ``version`` changes whenever the probes' arithmetic does (2: the depth head sums over its bins in the last
+    dimension, which moved the planted RMSEs by about 1e-6), so a probe kept by older code is never paired
+    with this code's removals.
     """
     model = bench.backbone(backbone)
     key = {"analysis": "removal_probes.original", "backbone": backbone, "weights": model.weights_id,
-           "layer": model.spec.layer, "task": task, "version": 1,
+           "layer": model.spec.layer, "task": task, "version": 2,
            "data": {split: bench.dataset(backbone, f"probe-{task}-{split}").identity for split in SPLITS},
            "config": config.probe(task).model_dump(mode="json"), "propagate": config.propagate,
            "target_size": config.dense_target_size}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from scopebench.sae.codes import TokenArray, load_rows
-from scopebench.data.base import ImageDataset
+from scopebench.data.base import ImageDataset, read_target
 from scopebench.analyses.cds.partition import Partition
 from scopebench.probes.bootstrap import Statistic, paired_interval, resampled_miou, resampled_top1
 from scopebench.probes.classification import ClassificationSplit, train_classification_probe
@@ -111,18 +111,17 @@ def probe_targets(dataset: ImageDataset, field: str, size: int) -> torch.Tensor:
     """Per-image targets centre-cropped and resized like the images (nearest, values untouched).
 
     ``field`` is one of :data:`TARGET_FIELDS`' values; ``size`` is the side of a dense map (unused for labels).
+    Read with :func:`~scopebench.data.base.read_target`: no image is decoded where the dataset can help it.
     """
     values = []
     for i in range(len(dataset)):
-        sample = dataset[i]
-        if field == "label":
-            if sample.label is None:
-                raise ValueError(f"dataset {dataset.identity!r} has no image-level label for item {i}")
-            values.append(torch.tensor(sample.label))
-            continue
-        target = getattr(sample, field)
+        target = read_target(dataset, i, field)
         if target is None:
-            raise ValueError(f"dataset {dataset.identity!r} has no {field} map for item {i}")
+            what = "image-level label" if field == "label" else f"{field} map"
+            raise ValueError(f"dataset {dataset.identity!r} has no {what} for item {i}")
+        if field == "label":
+            values.append(torch.tensor(target))
+            continue
         resized = square_resize_map(target, size)
         values.append(resized.long() if field == "segmentation" else resized.float())
     return torch.stack(values)
