@@ -161,6 +161,20 @@ def test_local_part_is_a_function_of_the_patch_alone(backbone, pixels):
     assert changed.nonzero().flatten().tolist() == [r * SIDE + c]
 
 
+def test_fine_texture_is_the_rescaled_top_k_of_rectified_filters_exactly(backbone, pixels):
+    """The in-place arithmetic of ``_fine_codes`` gives the formula's values bit for bit (the same float64 ops)."""
+    patches = backbone._patches(pixels)
+    flat = patches.reshape(*patches.shape[:2], -1)
+    score = ((flat - flat.mean(-1, keepdim=True)) @ backbone._fine_filters).clamp(min=0)
+    kth = score.topk(planted.FINE_TOP_K, dim=-1).values[..., -1:]
+    kept = torch.where(score >= kth, score, torch.zeros_like(score))
+    expected = planted.FINE_NORM * kept / kept.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    codes = backbone._fine_codes(patches)
+    assert torch.equal(codes, expected)
+    assert bool(((codes > 0).sum(-1) == planted.FINE_TOP_K).all())
+    torch.testing.assert_close(codes.norm(dim=-1), torch.full(codes.shape[:2], planted.FINE_NORM, dtype=codes.dtype))
+
+
 def test_outlier_positions_keep_a_tenth_of_their_patch(backbone, pixels):
     truth = backbone.truth(pixels)
     share = torch.where(truth.outlier_mask, 0.1, 1.0)[..., None]

@@ -348,10 +348,12 @@ class PlantedBackbone:
         2,048 latents can reconstruct them from random directions (README, "Fidelity of the planted default").
         """
         flat = patches.reshape(*patches.shape[:2], -1)
-        score = ((flat - flat.mean(-1, keepdim=True)) @ self._fine_filters).clamp(min=0)
+        score = ((flat - flat.mean(-1, keepdim=True)) @ self._fine_filters).clamp_(min=0)
         kth = score.topk(FINE_TOP_K, dim=-1).values[..., -1:]
-        score = torch.where(score >= kth, score, torch.zeros_like(score))
-        return FINE_NORM * score / score.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        # in place: [B, N, N_FINE] float64 temporaries were most of this method's time (same values)
+        score.masked_fill_(score < kth, 0.0)
+        norm = score.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return score.mul_(FINE_NORM).div_(norm)
 
     def _context(self, stats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The context atoms each view carries ``[B, CONTEXT_PER_VIEW]`` and their blob fields ``[B, K, N]``.
@@ -398,7 +400,7 @@ class PlantedBackbone:
         energy = self._texture_energy(patches)
         stats = self._view_stats(patches, energy)
         mask = self._outlier_mask(stats)
-        patch_codes = torch.cat([self._local_codes(patches, energy), self._fine_codes(patches)], dim=-1).float()
+        patch_codes = torch.cat([self._local_codes(patches, energy).float(), self._fine_codes(patches).float()], dim=-1)
         local_codes = patch_codes * torch.where(mask, self.outlier_local_share, 1.0)[..., None].float()
         global_codes = self._global_codes(stats).float()
         local_part = local_codes @ self._local_atoms
