@@ -144,7 +144,7 @@ def test_planted_sizes_are_the_registry_family(backbone):
     tests/test_claims_relations.py)."""
     from scopebench.backbones.registry import REGISTRY
 
-    family = [spec for spec in REGISTRY.values() if spec.source == "planted"]
+    family = [spec for spec in REGISTRY.values() if spec.is_planted]
     assert [spec.size for spec in family] == list(planted.SEMANTIC_CONTEXT)
     assert list(planted.SEMANTIC_CONTEXT.values()) == sorted(planted.SEMANTIC_CONTEXT.values())
     shared = [spec.model_dump(exclude={"name", "size"}) for spec in family]

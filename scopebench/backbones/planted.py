@@ -135,7 +135,7 @@ class PlantedBackbone:
     def __init__(self, spec: BackboneSpec, seed: int = 0, *, outlier_fraction: float = OUTLIER_FRACTION,
                  global_norm: float = GLOBAL_NORM, texture_top_k: int = TEXTURE_TOP_K,
                  outlier_local_share: float = OUTLIER_LOCAL_SHARE, semantic_context: float | None = None) -> None:
-        if spec.source != "planted":
+        if not spec.is_planted:
             raise ValueError(f"PlantedBackbone needs a planted spec, got source={spec.source!r} ({spec.name})")
         needed = N_LOCAL + FINE_DIM + N_GLOBAL_ATOMS + CONTEXT_PER_VIEW
         if spec.embed_dim < needed:

@@ -67,7 +67,7 @@ _ENTRIES = [
 ]
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _ENTRIES}
-REAL_BACKBONES: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if spec.source != "planted")
+REAL_BACKBONES: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if not spec.is_planted)
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:

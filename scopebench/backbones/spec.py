@@ -62,6 +62,12 @@ class BackboneSpec(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
+    def is_planted(self) -> bool:
+        """A size of the built-in planted backbone: built from a seed, fed synthetic scenes, benched at the planted
+        scale and chosen by ``--planted-sizes``."""
+        return self.source == "planted"
+
+    @property
     def grid_side(self) -> int:
         return self.image_size // self.patch_size
 

@@ -73,7 +73,7 @@ def _checked_recipes(config: pytest.Config) -> list[str]:
 
 def _checked_planted_sizes(config: pytest.Config) -> frozenset[str]:
     sizes = [s.strip() for s in config.getoption("planted_sizes").split(",") if s.strip()]
-    known = [spec.size for spec in REGISTRY.values() if spec.source == "planted"]
+    known = [spec.size for spec in REGISTRY.values() if spec.is_planted]
     unknown = [s for s in sizes if s not in known]
     if unknown or not sizes:
         raise pytest.UsageError(f"--planted-sizes: {'unknown size(s) ' + ', '.join(unknown) if unknown else 'empty'}; "
@@ -84,7 +84,7 @@ def _checked_planted_sizes(config: pytest.Config) -> frozenset[str]:
 def is_benched(config: pytest.Config, backbone: str) -> bool:
     """Whether this run benches ``backbone``: every real backbone, and the planted sizes of ``--planted-sizes``."""
     spec = REGISTRY[backbone]
-    return spec.source != "planted" or spec.size in config.stash[_PLANTED_SIZES_KEY]
+    return not spec.is_planted or spec.size in config.stash[_PLANTED_SIZES_KEY]
 
 
 def _checked_external_saes(config: pytest.Config, recipes: list[str]) -> dict[str, Path]:

@@ -104,7 +104,7 @@ def scale_name_for(backbone: str) -> str:
     from scopebench.backbones.registry import REGISTRY  # here: the CLI reads SCALES without importing torch
 
     spec = REGISTRY.get(backbone)
-    return "planted" if spec is not None and spec.source == "planted" else "paper"
+    return "planted" if spec is not None and spec.is_planted else "paper"
 
 
 def scale_for(backbone: str) -> BenchScale:
