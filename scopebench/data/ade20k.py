@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scopebench.data.base import Sample
-from scopebench.data.files import (DatasetLayoutError, ScannedImages, dataset_identity, image_files, image_size,
-                                   paired_maps, read_image_and_map, read_matching_map, require_dir)
+from scopebench.data.files import (DatasetLayoutError, MappedImages, dataset_identity, image_files, paired_maps,
+                                   require_dir)
 
 LAYOUT = ("<root>/ADEChallengeData2016/{images,annotations}/{training,validation}/ "
           "with images/<split>/<name>.jpg and annotations/<split>/<name>.png (8-bit, 0 = other, 1..150 = classes)")
 SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 N_CLASSES = 150
 IGNORE_INDEX = -1
-MAP_MODES = ("L", "P")  # 8-bit annotation PNGs
 
 
-class ADE20K(ScannedImages):
+class ADE20K(MappedImages):
     """ADE20K split with per-pixel labels in ``0..149`` and :data:`IGNORE_INDEX` for "other"."""
+
+    layout, map_field, map_what, map_modes = LAYOUT, "segmentation", "annotation", ("L", "P")  # 8-bit PNGs
 
     def __init__(self, root: str | Path, split: str = "val") -> None:
         if split not in SPLITS:
@@ -45,22 +45,10 @@ class ADE20K(ScannedImages):
         self._images = image_files(image_dir)
         if not self._images:
             raise DatasetLayoutError("no images in the split folder", image_dir, LAYOUT)
-        self._labels = paired_maps(self._images, label_dir, "annotation", LAYOUT)
-        self._identity = dataset_identity("ade20k", folder, given, self._images + self._labels)
+        self._maps = paired_maps(self._images, label_dir, "annotation", LAYOUT)
+        self._identity = dataset_identity("ade20k", folder, given, self._images + self._maps)
 
-    def __getitem__(self, index: int) -> Sample:
-        image, raw = read_image_and_map(self._images[index], self._labels[index], LAYOUT, MAP_MODES, "annotation")
-        return Sample(image=image, segmentation=self._segmentation(index, raw))
-
-    def target(self, index: int, field: str) -> torch.Tensor | None:
-        """The item's ``field`` without decoding its image (:func:`scopebench.data.base.read_target`)."""
-        if field != "segmentation":
-            return None
-        size = image_size(self._images[index], LAYOUT)
-        return self._segmentation(index, read_matching_map(self._labels[index], size, LAYOUT, MAP_MODES, "annotation"))
-
-    def _segmentation(self, index: int, raw: np.ndarray) -> torch.Tensor:
+    def _convert(self, index: int, raw: np.ndarray) -> torch.Tensor:
         if raw.max() > N_CLASSES:
-            raise DatasetLayoutError(f"annotation value {int(raw.max())} exceeds {N_CLASSES}", self._labels[index],
-                                     LAYOUT)
+            raise DatasetLayoutError(f"annotation value {int(raw.max())} exceeds {N_CLASSES}", self._maps[index], LAYOUT)
         return torch.from_numpy(raw.astype(np.int64) - 1)  # 0 ("other") becomes IGNORE_INDEX = -1

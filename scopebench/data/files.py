@@ -10,10 +10,13 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from scopebench.data.base import Sample
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
@@ -76,6 +79,42 @@ class ScannedImages:
         return len(self._images)
 
 
+class MappedImages(ScannedImages):
+    """A scanned loader whose images each have one dense map (a label or depth PNG of the image's size).
+
+    ``__getitem__`` returns the map as the sample's ``map_field``; ``target`` reads it without decoding the
+    image (:func:`scopebench.data.base.read_target`).  A subclass sets ``_maps`` beside ``_images`` when it
+    scans, the class attributes below, and ``_convert`` (the map's raw values -> the sample's tensor, raising
+    :class:`DatasetLayoutError` on a value the dataset never holds).
+    """
+
+    _maps: list[Path]
+    layout: ClassVar[str]  # the layout named by every DatasetLayoutError
+    map_field: ClassVar[str]  # the Sample field the map fills
+    map_what: ClassVar[str]  # how errors name the map
+    map_modes: ClassVar[tuple[str, ...]]  # the PIL modes a map may have
+
+    def _convert(self, index: int, raw: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        image = read_rgb(self._images[index], self.layout)
+        return Sample(image=image, **{self.map_field: self._map(index, tuple(image.shape[1:]))})
+
+    def target(self, index: int, field: str) -> torch.Tensor | None:
+        if field != self.map_field:
+            return None
+        return self._map(index, image_size(self._images[index], self.layout))
+
+    def _map(self, index: int, size: tuple[int, int]) -> torch.Tensor:
+        path = self._maps[index]
+        raw = read_map(path, self.layout, modes=self.map_modes)
+        if raw.shape != tuple(size):
+            raise DatasetLayoutError(f"{self.map_what} size {raw.shape} differs from image size {tuple(size)}", path,
+                                     self.layout)
+        return self._convert(index, raw)
+
+
 def paired_maps(images: list[Path], folder: Path, what: str, expected: str) -> list[Path]:
     """``folder/<stem>.png`` for each image, failing early on the first image that has none (``what`` names it)."""
     maps = [folder / f"{p.stem}.png" for p in images]
@@ -93,22 +132,6 @@ def image_size(path: Path, expected: str) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DatasetLayoutError(f"unreadable image file ({err.__class__.__name__}: {err})", path, expected) from err
     return height, width
-
-
-def read_matching_map(map_path: Path, size: tuple[int, int], expected: str, modes: tuple[str, ...],
-                      what: str) -> np.ndarray:
-    """:func:`read_map` of a map (``what``) that must have its image's ``(height, width)``."""
-    raw = read_map(map_path, expected, modes=modes)
-    if raw.shape != tuple(size):
-        raise DatasetLayoutError(f"{what} size {raw.shape} differs from image size {tuple(size)}", map_path, expected)
-    return raw
-
-
-def read_image_and_map(image_path: Path, map_path: Path, expected: str, modes: tuple[str, ...],
-                       what: str) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`read_rgb` of the image and :func:`read_matching_map` of its map (``what``)."""
-    image = read_rgb(image_path, expected)
-    return image, read_matching_map(map_path, tuple(image.shape[1:]), expected, modes, what)
 
 
 def dataset_identity(name: str, split: str, root: Path, files: Iterable[Path]) -> str:
