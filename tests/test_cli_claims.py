@@ -94,18 +94,21 @@ def test_unknown_table_is_refused_with_the_choices(capsys):
     assert "invalid choice: 'table99'" in err and "'table6'" in err
 
 
-def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys, known_planted_miss):
+def test_coverage_lists_source_claims_statements_and_backbones_within_120_columns(capsys, known_planted_miss):
     known_planted_miss("table3.cls-high-removal-improves", "the context barely misleads the probe")
     known_planted_miss("table6.outliers-fewer-latents", "batch-wide selection", ("batchtopk", "matryoshka"))
     code, out, _ = _cli(capsys, "claims", "--coverage")
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= 120
     rows = parse_table(out, "source")
+    for row in rows:  # the claim cell: the id, then the paper's statement wrapped under it
+        row["claim"], _, row["statement"] = row["claim"].partition("\n")
     assert sorted(row["claim"] for row in rows) == sorted(claim.id for claim in CLAIMS)
     by_id = dict(registry.CLAIMS_BY_ID)  # with the misses registered above
     for row in rows:
         claim = by_id[row["claim"]]
         assert row["source"] == claim.source
+        assert " ".join(row["statement"].split()) == claim.statement
         assert tuple(row["backbones"].replace(",", " ").split()) == claim.backbones
         # what the planted default shows of it: expected to hold, a known miss for some SAEs, or not checked
         expected = "–" if PLANTED not in claim.backbones else "expected" if claim.planted_miss is None else \
@@ -125,7 +128,7 @@ def test_coverage_lists_source_claims_and_backbones_within_120_columns(capsys, k
     assert count == (f"{len(CLAIMS)} claims from {len(set(sources))} places in the paper, {checks} (claim, backbone) "
                      "checks on 12 of the paper's backbones and planted, planted-b, planted-l")
     _, table6, _ = _cli(capsys, "claims", "--coverage", "--table", "table6")
-    assert [row["claim"] for row in parse_table(table6, "source")] == [
+    assert [row["claim"].partition("\n")[0] for row in parse_table(table6, "source")] == [
         "table6.outliers-reconstructed-better", "table6.outliers-cosine-higher", "table6.outliers-fewer-latents"]
 
 

@@ -12,6 +12,7 @@ from scopebench.keys import indexed
 
 _WRAP = 25  # characters per line of the backbones cell
 _RELATION_WRAP = 30  # and of the relation cell: id, source, relation and backbones then fit 120 columns
+_STATEMENT_WRAP = 52  # and of the statement under a claim's id in the coverage view, which then fits 120 columns
 
 
 def _wrap_names(names: Sequence[str]) -> str:
@@ -107,13 +108,18 @@ def _on_planted(claim: Claim) -> str:
     return "known miss:\n" + (_wrap_names(miss.architectures) if miss.architectures else "every SAE")
 
 
+def _id_and_statement(claim: Claim) -> str:
+    return claim.id + "\n" + textwrap.fill(claim.statement, _STATEMENT_WRAP, initial_indent="  ",
+                                           subsequent_indent="  ")
+
+
 def render_coverage(claims: Sequence[Claim]) -> str:
-    """Where the paper makes each statement -> the claims that check it -> their backbones and what the planted
-    default does with it, then a count line."""
+    """Where the paper makes each statement -> the claims that check it (id, then the statement) -> their backbones
+    and what the planted default does with it, then a count line."""
     if not claims:
         return "(no claims)"
     sources = list(dict.fromkeys(c.source for c in claims))
-    rows = [[source, c.id, _wrap_names(c.backbones), _on_planted(c)]
+    rows = [[source, _id_and_statement(c), _wrap_names(c.backbones), _on_planted(c)]
             for source in sources for c in claims if c.source == source]
     backbones = {b for c in claims for b in c.backbones}
     checks = sum(len(c.backbones) for c in claims)
