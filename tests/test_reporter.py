@@ -377,13 +377,13 @@ def test_a_known_planted_miss_reads_known_miss_and_a_repeated_check_shows_once(l
     assert labels["table6.outliers-fewer-latents"] == "known miss"
     assert labels["table6.outliers-reconstructed-better"] == "PASS"
     n_rows = len(session.rows)
-    # a second case checking the same measurement (Table 7's s=1 inside Table 9) shows no second row, and is
-    # not listed as having recorded nothing
+    # a second case checking the same measurement shows its rows instead of the first's (the result file keeps
+    # the later verdict), and the first is not listed as having recorded nothing
     second = "bench/b.py::test[planted]"
     ClaimReport(session, second, paper_sae="batchtopk").record(_reconstruction_result("planted", l0_o=200.0))
     session.outcomes.update({"bench/a.py::test[planted]": ("passed", ""), second: ("passed", "")})
     shown = _finalise_rows(session)
-    assert len(shown) == n_rows and {row.nodeid for row in shown} == {"bench/a.py::test[planted]"}
+    assert len(shown) == n_rows and {row.nodeid for row in shown} == {second}
     # a different measurement of the same claim is a row of its own, and on a real backbone the miss fails
     real = ClaimReport(session, "bench/a.py::test[dinov2-b]", paper_sae="batchtopk")
     verdicts = real.record(_reconstruction_result("dinov2-b", l0_o=200.0))
@@ -398,3 +398,38 @@ def test_a_known_planted_miss_reads_known_miss_and_a_repeated_check_shows_once(l
         _reconstruction_result("planted", l0_o=30.0, architecture="topk"))
     topk = [row for row in session.rows if row.sae == "topk" and row.claim == "table6.outliers-fewer-latents"]
     assert [row.verdict for row in topk] == ["missed"]
+
+
+def _emd_result(shifts: dict[int, tuple[float, float]]):
+    from scopebench.analyses import AttentionEMDOutput
+    from scopebench.analyses.attention_emd.output import ShiftEMD
+    from scopebench.results.records import AnalysisRecord, AnalysisResult, BackboneInfo, output_json
+
+    output = AttentionEMDOutput(tau=50.0, per_shift={s: ShiftEMD(outlier=out, non_outlier=non, n_outlier=4,
+                                                                 n_non_outlier=60)
+                                                     for s, (out, non) in shifts.items()})
+    return AnalysisResult(analysis="attention_emd", backbone=BackboneInfo(name="planted"), sae=None,
+                          record=AnalysisRecord(config={"images": 8}, output=output_json(output)), output=output,
+                          device="cpu")
+
+
+@pytest.mark.parametrize("order", ["table7-first", "table9-first"])
+def test_table7s_shift_inside_table9s_shows_once_with_every_shift_whatever_the_order(order: str) -> None:
+    """Table 7 measures s=1, Table 9 s=1..6 with the same config: one row per claim, checked on all six shifts,
+    and the result file's verdict is that one in either order (a miss at s=4 is not hidden by Table 7's s=1)."""
+    from scopebench.plugin.reporter import ClaimReport, SessionClaims, _finalise_rows
+
+    every_shift = {s: (2.0, 0.5 + 0.1 * s) for s in range(1, 7)}
+    every_shift[4] = (0.8, 0.9)  # the outliers' EMD falls below the others' at s=4 only
+    cases = [("bench/test_table7.py::test[planted]", {1: every_shift[1]}),
+             ("bench/test_table9.py::test[planted]", every_shift)]
+    if order == "table9-first":
+        cases.reverse()
+    session = SessionClaims()
+    for nodeid, shifts in cases:
+        ClaimReport(session, nodeid, paper_sae="batchtopk").record(_emd_result(shifts))
+    shown = [row for row in _finalise_rows(session) if row.claim == "table7.outlier-emd-far-above"]
+    assert len(shown) == 1 and shown[0].verdict == "FAIL"
+    assert set(shown[0].measured) == {f"attn_emd_{side}[s={s}]" for side in ("out", "non") for s in range(1, 7)}
+    stored = session.pending[("planted", None)].claims["table7.outlier-emd-far-above"]
+    assert not stored.passed and stored.measured == shown[0].measured

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from scopebench import distributed
+from scopebench.analyses import ANALYSES, AnalysisOutput
 from scopebench.claims.registry import (
     Claim, FamilyClaim, Verdict, check_all, compared_keys, evaluate, scored, size_series,
 )
@@ -70,6 +71,10 @@ class PendingResult:
         if result.sae is not None:
             self.sae = result.sae
 
+    def output(self, analysis: str) -> AnalysisOutput:
+        """``analysis``'s output merged over all this session measured of it with the same config and images."""
+        return ANALYSES[analysis].output.model_validate(self.analyses[analysis].output)
+
 
 @dataclass
 class SessionClaims:
@@ -94,13 +99,16 @@ class ClaimReport:
     def record(self, result: AnalysisResult) -> list[Verdict]:
         """Record one analysis result and evaluate every claim that applies to it (one call per output).
 
+        Claims are evaluated on the output merged over what the session already measured with the same config
+        (Table 9's shifts 1..6 after Table 7's s=1), so the verdict kept does not depend on the order of cases.
         Returns the verdicts; the case then calls :meth:`assert_held` on them.
         """
         pending = self._pending(result)
-        measured = result.output.quantities()
+        output = pending.output(result.analysis)
+        measured = output.quantities()
         asserted = self._asserted(result)
         verdicts = []
-        for claim, verdict in check_all(result.analysis, result.output, result.backbone.name,
+        for claim, verdict in check_all(result.analysis, output, result.backbone.name,
                                         architecture=result.sae_architecture, asserted=asserted):
             self._store(pending, claim, verdict, {k: measured[k] for k in compared_keys(claim, measured)})
             verdicts.append(verdict)
@@ -159,9 +167,10 @@ class ClaimReport:
         assert not failed, "; ".join(failed)
 
 
-def _same_check(a: CaseRow, b: CaseRow) -> bool:
-    """Same claim, backbone, SAE, verdict and measured values: the second row would repeat the first."""
-    return (a.claim, a.backbone, a.sae, a.verdict, a.measured) == (b.claim, b.backbone, b.sae, b.verdict, b.measured)
+def _superseded(earlier: CaseRow, later: CaseRow) -> bool:
+    """``later`` checks the same claim of the same backbone and SAE on all ``earlier`` measured, maybe more."""
+    return ((earlier.claim, earlier.backbone, earlier.sae) == (later.claim, later.backbone, later.sae)
+            and all(later.measured.get(key) == value for key, value in earlier.measured.items()))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -205,13 +214,12 @@ def _finalise_rows(session: SessionClaims) -> list[CaseRow]:
     """Apply test outcomes: a case that failed or skipped before recording a verdict gets one row.
 
     Two cases may check the same claim on the same measurement (Table 7's s=1 is part of Table 9's output,
-    Figure 8's classification part of Table 3's probes): the summary shows that check once.
+    Figure 8's classification part of Table 3's probes): the summary shows only the last check, the one the
+    result file keeps.
     """
     recorded = {row.nodeid for row in session.rows}
-    rows: list[CaseRow] = []
-    for row in session.rows:
-        if not any(_same_check(row, seen) for seen in rows):
-            rows.append(row)
+    rows = [row for i, row in enumerate(session.rows)
+            if not any(_superseded(row, later) for later in session.rows[i + 1:])]
     for nodeid, (outcome, reason) in session.outcomes.items():
         if nodeid not in recorded:
             verdict = {"failed": "FAIL", "skipped": "SKIP"}.get(outcome, "PASS")
