@@ -39,8 +39,8 @@ bench: $(STAMP)
 
 # The several-seed evidence (README, "Fidelity of the planted default"): the planted bench (the cases BENCH_K selects,
 # on the planted sizes PLANTED_SIZES) with SEED_RECIPES at each SAE training seed of SEEDS, then every claim's margin
-# per seed. Fails when an asserted claim fails at any seed. Results go to SEEDS_DIR/seed-N (a temporary folder unless
-# given).
+# per seed (and SEEDS_DIR/margins.md, the README's table). Fails when an asserted claim fails at any seed. Results go
+# to SEEDS_DIR/seed-N (a temporary folder unless given).
 SEEDS ?= 0 1 2
 SEED_RECIPES ?= batchtopk
 BENCH_K ?= planted
@@ -50,7 +50,8 @@ bench-seeds: $(STAMP)
 		$(PY) -m pytest bench -q --ignore=bench/perf -k "$(BENCH_K)" --planted-sizes $(PLANTED_SIZES) \
 			--sae-recipes $(SEED_RECIPES) --no-progress --seed $$s \
 			--results-dir $$d/seed-$$s --cache-dir $$d/cache --plots-dir $$d/plots-$$s || status=1; \
-	done; $(PY) bench/seed_margins.py $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) || status=1; exit $$status
+	done; $(PY) bench/seed_margins.py --markdown $$d/margins.md $$(for s in $(SEEDS); do echo $$d/seed-$$s; done) \
+		|| status=1; exit $$status
 
 # Figure 8 on the planted family (README, "The planted family (Figure 8)"): BatchTopK's classification probes on
 # planted, planted-b and planted-l at each seed of SEEDS, and the claim that the low-removal gap narrows with size.

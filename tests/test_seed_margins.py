@@ -48,9 +48,9 @@ def test_margins_per_seed_their_minimum_and_a_failure(tmp_path, capsys):
     def flip(raw):
         _margins(raw, 2.0)
         raw["claims"][claim].update(passed=False, margin=-3.0, asserted=True)
-    runs = [_run(tmp_path, "seed-0", _margins), _run(tmp_path, "seed-1", flip)]
-    code = seed_margins.main([str(r) for r in runs])
-    rows = _rows(capsys.readouterr().out)
+    runs = [_run(tmp_path, "seed-0", _margins), _run(tmp_path, "seed-1", flip), _run(tmp_path, "seed-2", _margins)]
+    code = seed_margins.main(["--markdown", str(tmp_path / "margins.md"), *map(str, runs)])
+    rows = _rows((tmp_path / "margins.md").read_text())
     assert set(rows) == set(json.loads(COMMITTED.read_text())["claims"])
     row = rows[claim]
     assert row["margin seed-1"] == "-3*" and row["min margin"] == "-3" and row["held at every seed"] == "NO"
@@ -58,8 +58,13 @@ def test_margins_per_seed_their_minimum_and_a_failure(tmp_path, capsys):
     assert row["measured (seed-0)"] == ", ".join(f"{k}={v:.4g}" for k, v in measured.items())
     assert code == 1  # an asserted claim failed at a seed
     other = next(c for c in rows if c != claim)
-    assert (rows[other]["margin seed-0"], rows[other]["margin seed-1"], rows[other]["min margin"]) == ("1.5", "2", "1.5")
+    assert [rows[other][k] for k in ("margin seed-0", "margin seed-1", "min margin")] == ["1.5", "2", "1.5"]
     assert rows[other]["held at every seed"] == "yes"
+    # the terminal's table: the same margins without relations and values, within 120 columns at three seeds
+    *terminal, written = capsys.readouterr().out.splitlines()
+    assert written.endswith(f"in Markdown: {tmp_path / 'margins.md'}") and max(map(len, terminal)) <= 120
+    cells = {line.split()[1]: line.split()[2:] for line in terminal[3:] if len(line.split()) > 2}
+    assert cells[claim] == ["1.5", "-3*", "1.5", "-3", "NO"] and cells[other] == ["1.5", "2", "1.5", "1.5", "yes"]
 
 
 def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, capsys, known_planted_miss):
@@ -70,8 +75,9 @@ def test_a_scored_failure_exits_zero_and_an_empty_folder_is_refused(tmp_path, ca
         _margins(raw)
         raw["claims"]["table4.high-cds-minority"].update(passed=False, margin=-1.0, asserted=False)
         raw["claims"]["table3.cls-high-removal-improves"] = {**raw["claims"]["table4.high-cds-minority"]}
-    assert seed_margins.main([str(_run(tmp_path, "seed-0", scored_miss))]) == 0
-    rows = _rows(capsys.readouterr().out)
+    markdown = tmp_path / "margins.md"
+    assert seed_margins.main(["--markdown", str(markdown), str(_run(tmp_path, "seed-0", scored_miss))]) == 0
+    rows = _rows(markdown.read_text())
     assert rows["table4.high-cds-minority"]["held at every seed"] == "NO"  # scored (leaderboard mode), not known
     assert rows["table3.cls-high-removal-improves"]["held at every seed"] == "known planted miss"
     assert rows["table3.cls-high-removal-improves"]["relation"] == "cls_gain_high_removed_lo > 0"
