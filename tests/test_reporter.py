@@ -433,3 +433,18 @@ def test_table7s_shift_inside_table9s_shows_once_with_every_shift_whatever_the_o
     assert set(shown[0].measured) == {f"attn_emd_{side}[s={s}]" for side in ("out", "non") for s in range(1, 7)}
     stored = session.pending[("planted", None)].claims["table7.outlier-emd-far-above"]
     assert not stored.passed and stored.measured == shown[0].measured
+
+
+def test_a_nan_measurement_fails_its_claim_on_a_first_and_a_repeated_record() -> None:
+    """NaN is a failed verdict, not a missing quantity: merging a repeat must not pass it through JSON's null."""
+    import math
+
+    from scopebench.plugin.reporter import ClaimReport, SessionClaims
+
+    session = SessionClaims()
+    for nodeid in ("bench/a.py::test[dinov2-b]", "bench/b.py::test[dinov2-b]"):
+        verdicts = ClaimReport(session, nodeid, paper_sae="batchtopk").record(
+            _reconstruction_result("dinov2-b", l0_o=math.nan))
+        assert any(not v.passed and "l0_o" in v.detail for v in verdicts)
+        stored = session.pending[("dinov2-b", "batchtopk")].claims["table6.outliers-fewer-latents"]
+        assert not stored.passed and stored.measured["l0_o"] is None  # NaN, stored as JSON's null

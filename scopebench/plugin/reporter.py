@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from scopebench import distributed
-from scopebench.analyses import ANALYSES, AnalysisOutput
+from scopebench.analyses import AnalysisOutput
 from scopebench.claims.registry import (
     Claim, FamilyClaim, Verdict, check_all, compared_keys, evaluate, scored, size_series,
 )
@@ -29,7 +29,7 @@ from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
 from scopebench.results.records import (
     AnalysisRecord, AnalysisResult, BackboneInfo, ClaimVerdict, ResultRecord, SAEInfo, collect_environment,
-    TakenName, merge_analysis, result_path, save_merged,
+    TakenName, extends, merge_analysis, result_path, save_merged,
 )
 from scopebench.results.regression import run_regression
 
@@ -62,18 +62,18 @@ class PendingResult:
     analyses: dict[str, AnalysisRecord] = field(default_factory=dict)
     claims: dict[str, ClaimVerdict] = field(default_factory=dict)
     device: str = "cpu"
+    # each analysis's merged output as an object, which keeps NaN (its JSON in ``analyses`` has null)
+    outputs: dict[str, AnalysisOutput] = field(default_factory=dict)
 
     def add(self, result: AnalysisResult) -> None:
         """Fold in one analysis result (same analysis and config twice: outputs merge, e.g. more shifts)."""
-        self.analyses[result.analysis] = merge_analysis(result.analysis, self.analyses.get(result.analysis),
-                                                        result.record)
+        name, before = result.analysis, self.analyses.get(result.analysis)
+        earlier = self.outputs.get(name) if extends(before, result.record) else None
+        self.outputs[name] = result.output if earlier is None else result.output.merged_over(earlier)
+        self.analyses[name] = merge_analysis(name, before, result.record)
         self.backbone, self.device = result.backbone, result.device
         if result.sae is not None:
             self.sae = result.sae
-
-    def output(self, analysis: str) -> AnalysisOutput:
-        """``analysis``'s output merged over all this session measured of it with the same config and images."""
-        return ANALYSES[analysis].output.model_validate(self.analyses[analysis].output)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class ClaimReport:
         Returns the verdicts; the case then calls :meth:`assert_held` on them.
         """
         pending = self._pending(result)
-        output = pending.output(result.analysis)
+        output = pending.outputs[result.analysis]
         measured = output.quantities()
         asserted = self._asserted(result)
         verdicts = []

@@ -365,10 +365,15 @@ def _same_model(old: SAEInfo | None, new: SAEInfo | None) -> bool:
     return not (new.config and old.config and new.config != old.config)
 
 
+def extends(before: AnalysisRecord | None, record: AnalysisRecord) -> bool:
+    """Whether ``record`` adds to ``before`` (same config, same images) rather than replacing it."""
+    return before is not None and (before.config, before.dataset) == (record.config, record.dataset)
+
+
 def merge_analysis(name: str, before: AnalysisRecord | None, record: AnalysisRecord) -> AnalysisRecord:
     """``record`` of analysis ``name`` on top of ``before``: with the same config and images the outputs
     merge field by field (attention EMD at more shifts, another probe task), else ``record`` replaces it."""
-    if before is None or (before.config, before.dataset) != (record.config, record.dataset):
+    if not extends(before, record):
         return record
     model = ANALYSES[name].output
     merged = model.model_validate(record.output).merged_over(model.model_validate(before.output))
