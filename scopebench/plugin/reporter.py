@@ -29,7 +29,7 @@ from scopebench.plugin.options import default_results_dir
 from scopebench.plugin.session import checked_folder
 from scopebench.results.records import (
     AnalysisRecord, AnalysisResult, BackboneInfo, ClaimVerdict, ResultRecord, SAEInfo, collect_environment,
-    TakenName, extends, merge_analysis, result_path, save_merged,
+    TakenName, extends, merge_analysis, output_json, result_path, save_merged,
 )
 from scopebench.results.regression import run_regression
 
@@ -66,11 +66,17 @@ class PendingResult:
     outputs: dict[str, AnalysisOutput] = field(default_factory=dict)
 
     def add(self, result: AnalysisResult) -> None:
-        """Fold in one analysis result (same analysis and config twice: outputs merge, e.g. more shifts)."""
-        name, before = result.analysis, self.analyses.get(result.analysis)
-        earlier = self.outputs.get(name) if extends(before, result.record) else None
-        self.outputs[name] = result.output if earlier is None else result.output.merged_over(earlier)
-        self.analyses[name] = merge_analysis(name, before, result.record)
+        """Fold in one analysis result (same analysis and config twice: outputs merge, e.g. more shifts).
+
+        The output is merged as an object, once; the record's JSON is written from it.
+        """
+        name, record = result.analysis, result.record
+        if extends(self.analyses.get(name), record):
+            self.outputs[name] = result.output.merged_over(self.outputs[name])
+            record = record.model_copy(update={"output": output_json(self.outputs[name])})
+        else:
+            self.outputs[name] = result.output
+        self.analyses[name] = record
         self.backbone, self.device = result.backbone, result.device
         if result.sae is not None:
             self.sae = result.sae
